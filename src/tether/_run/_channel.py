@@ -1,0 +1,61 @@
+"""The event channel between a run's task and its consumer.
+
+An anyio memory object stream with an unbounded buffer, so that putting an event never awaits:
+a chunk is either delivered into the channel or not, with no cancelled-mid-send ambiguity, and the
+terminal event never waits for the consumer. Backpressure is a high/low watermark instead: the
+producer awaits :meth:`Channel.wait_for_room` once ``HIGH`` events are unread.
+Both ends live on the run's event loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._events import BaseRunEvent
+
+HIGH = 256
+LOW = 64
+
+
+class Channel:
+    __slots__ = ("_room", "backlog", "receive", "send")
+
+    def __init__(self) -> None:
+        send, receive = anyio.create_memory_object_stream[BaseRunEvent](math.inf)
+        self.send: MemoryObjectSendStream[BaseRunEvent] = send
+        self.receive: MemoryObjectReceiveStream[BaseRunEvent] = receive
+        self.backlog = 0
+        self._room: anyio.Event | None = None
+
+    def put(self, event: BaseRunEvent) -> bool:
+        """Deliver ``event`` now; False when the consumer has gone away."""
+        try:
+            self.send.send_nowait(event)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return False
+        self.backlog += 1
+        return True
+
+    @property
+    def full(self) -> bool:
+        return self.backlog >= HIGH
+
+    async def wait_for_room(self) -> None:
+        """Wait until the consumer has caught up to the low watermark (cancellable)."""
+        while self.backlog >= HIGH:
+            room = self._room = anyio.Event()
+            await room.wait()
+
+    def taken(self, count: int = 1) -> None:
+        """Consumer side: ``count`` events were read."""
+        self.backlog -= count
+        if self._room is not None and self.backlog <= LOW:
+            self._room.set()
+            self._room = None
+
+    def close(self) -> None:
+        self.send.close()
+        self.receive.close()

@@ -1,0 +1,43 @@
+"""The result of a run."""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import BaseModel, Field
+
+from .._messages import Message
+from ._events import CancelSource, RunStatus
+
+
+class RunMetrics(BaseModel):
+    """Timing and token counts of a run. Times are in seconds."""
+
+    duration: float | None = None
+    time_to_first_token: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+class RunOutput(BaseModel):
+    """Everything a run produced, whatever ended it.
+
+    A cancelled run has ``status == RunStatus.cancelled``, the partial ``content`` and the
+    ``cancel_reason``/``cancel_source``; a failed one has ``status == RunStatus.error`` and ``error``.
+    """
+
+    run_id: str
+    agent_id: str
+    agent_name: str | None = None
+    session_id: str | None = None
+    model: str | None = None
+    status: RunStatus
+    content: str = ""
+    messages: list[Message] = Field(default_factory=list)
+    cancel_reason: str | None = None
+    cancel_source: CancelSource | None = None
+    error: str | None = None
+    error_type: str | None = None
+    metrics: RunMetrics = Field(default_factory=RunMetrics)
+    created_at: int = Field(default_factory=lambda: int(time.time()))

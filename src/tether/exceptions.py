@@ -1,0 +1,60 @@
+"""Every exception tether raises, in one place.
+
+::
+
+    TetherError
+     ├── ConfigurationError        bad arguments or settings; raised at the call (also a ValueError)
+     └── ModelError                the model provider failed; a run reports it as a RunError event
+          ├── ModelConnectionError the endpoint could not be reached
+          ├── ModelTimeoutError    the endpoint did not answer in time
+          ├── ModelStatusError     the endpoint answered with an HTTP error (``status_code``)
+          └── ModelResponseError   the stream broke off or could not be parsed
+
+Errors of the provider's client (``openai``, ``httpx2``) are translated into ``ModelError`` at the
+adapter boundary and raised ``from`` the original, so callers never need the provider's classes.
+A run never raises these from ``await agent.arun()``: it ends with status ``ERROR`` and the message.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "ModelConnectionError",
+    "ModelError",
+    "ModelResponseError",
+    "ModelStatusError",
+    "ModelTimeoutError",
+    "TetherError",
+]
+
+
+class TetherError(Exception):
+    """Base class of every tether error."""
+
+
+class ConfigurationError(TetherError, ValueError):
+    """An argument or setting is invalid; nothing was started."""
+
+
+class ModelError(TetherError):
+    """The model provider failed."""
+
+
+class ModelConnectionError(ModelError):
+    """The model endpoint could not be reached."""
+
+
+class ModelTimeoutError(ModelError):
+    """The model endpoint did not answer in time."""
+
+
+class ModelStatusError(ModelError):
+    """The model endpoint answered with an HTTP error status."""
+
+    def __init__(self, message: str, *, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ModelResponseError(ModelError):
+    """The model's response stream broke off or could not be parsed."""

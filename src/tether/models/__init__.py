@@ -1,0 +1,5 @@
+"""Model adapters: the protocol, the OpenAI-compatible adapter (``tether.models.openai``)."""
+
+from .base import Model, ModelDelta, ModelTurnEnd, ModelUsage
+
+__all__ = ["Model", "ModelDelta", "ModelTurnEnd", "ModelUsage"]

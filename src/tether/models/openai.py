@@ -1,0 +1,246 @@
+"""OpenAIChat: any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, llama.cpp).
+
+It uses the official ``openai`` client for the request (auth, retries, errors) and reads the SSE
+stream itself: one ``json.loads`` per chunk and plain ``str`` deltas, no per-chunk objects.
+On cancel it closes the HTTP response (shielded, bounded), so the provider sees the disconnect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+import httpx2
+import openai
+
+from .._messages import Message, ToolCall, ToolCallFunction
+from ..exceptions import (
+    ConfigurationError,
+    ModelConnectionError,
+    ModelError,
+    ModelResponseError,
+    ModelStatusError,
+    ModelTimeoutError,
+)
+from ._loopbound import LoopBound
+from .base import ModelDelta, ModelTurnEnd, ModelUsage
+
+CLOSE_TIMEOUT = 2.0
+
+
+class OpenAIChat:
+    """A chat model behind an OpenAI-compatible endpoint.
+
+    ``api_key`` defaults to ``OPENAI_API_KEY`` and ``base_url`` to ``OPENAI_BASE_URL``; a local
+    server (Ollama, vLLM, llama.cpp) needs only ``base_url``. ``client`` lets you pass your own
+    ``openai.AsyncOpenAI`` (you then own its lifetime and event loop).
+
+    Example::
+
+        model = OpenAIChat(id="llama3.2", base_url="http://localhost:11434/v1")
+    """
+
+    def __init__(
+        self,
+        id: str = "gpt-5-mini",
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        organization: str | None = None,
+        timeout: float | None = None,
+        max_retries: int = 2,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        include_usage: bool = True,
+        extra_body: dict[str, Any] | None = None,
+        client: openai.AsyncOpenAI | None = None,
+    ) -> None:
+        if not id or not isinstance(id, str):
+            raise ConfigurationError("OpenAIChat needs a model id, e.g. OpenAIChat(id='gpt-5-mini')")
+        self._id = id
+        self.base_url = base_url
+        self.api_key = api_key
+        self.organization = organization
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.include_usage = include_usage
+        self.extra_body = dict(extra_body or {})
+        self._own_client = client
+        self._clients = LoopBound(self._new_client, _close_client)
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    def __repr__(self) -> str:
+        return f"OpenAIChat(id={self._id!r}, base_url={self._base_url()!r})"
+
+    def stream(self, messages: Sequence[Message]) -> AsyncIterator[ModelDelta]:
+        """Stream one response: text deltas, then a :class:`ModelTurnEnd`."""
+        return self._stream(messages)
+
+    def _base_url(self) -> str | None:
+        return self.base_url or os.environ.get("OPENAI_BASE_URL") or None
+
+    def _new_client(self) -> openai.AsyncOpenAI:
+        base_url = self._base_url()
+        api_key = self.api_key or os.environ.get("OPENAI_API_KEY")
+        if not api_key:
+            if base_url is None:
+                raise ConfigurationError(
+                    "no API key for OpenAIChat: pass api_key=... or set OPENAI_API_KEY "
+                    "(for a local server such as Ollama or vLLM, pass base_url=... or set OPENAI_BASE_URL)"
+                )
+            api_key = "not-needed"  # local OpenAI-compatible servers ignore it; the client wants one
+        kwargs: dict[str, Any] = {"api_key": api_key, "base_url": base_url, "max_retries": self.max_retries}
+        if self.organization:
+            kwargs["organization"] = self.organization
+        if self.timeout is not None:
+            kwargs["timeout"] = self.timeout
+        return openai.AsyncOpenAI(**kwargs)
+
+    def _params(self, messages: Sequence[Message]) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": self._id,
+            "messages": [m.to_provider() for m in messages],
+            "stream": True,
+        }
+        if self.include_usage:
+            params["stream_options"] = {"include_usage": True}
+        if self.temperature is not None:
+            params["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            params["max_completion_tokens"] = self.max_tokens
+        if self.extra_body:
+            params["extra_body"] = self.extra_body
+        return params
+
+    async def _stream(self, messages: Sequence[Message]) -> AsyncGenerator[ModelDelta, None]:
+        client = self._own_client or await self._clients.get()
+        request = client.chat.completions.with_streaming_response.create(**self._params(messages))
+        try:
+            response = await request.__aenter__()
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        try:
+            async with aclosing(_read_sse(response.http_response)) as deltas:
+                async for delta in deltas:
+                    yield delta
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        finally:
+            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                await response.close()
+
+    def _translate(self, exc: Exception) -> Exception:
+        where = self._base_url() or "the OpenAI API"
+        if isinstance(exc, ModelError | ConfigurationError):
+            return exc
+        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+            return ModelTimeoutError(f"the model endpoint ({where}) timed out")
+        if isinstance(exc, openai.APIConnectionError | httpx2.ConnectError):
+            cause = exc.__cause__ or exc
+            return ModelConnectionError(f"could not connect to the model endpoint ({where}): {cause}")
+        if isinstance(exc, openai.APIStatusError):
+            return ModelStatusError(
+                f"the model endpoint ({where}) answered HTTP {exc.status_code}: {_status_detail(exc)}",
+                status_code=exc.status_code,
+            )
+        if isinstance(exc, httpx2.RequestError):
+            return ModelResponseError(f"the response stream from {where} broke off: {exc or type(exc).__name__}")
+        if isinstance(exc, ValueError | TypeError | AttributeError | KeyError | IndexError):
+            return ModelResponseError(f"malformed response stream from {where}: {type(exc).__name__}: {exc}")
+        if isinstance(exc, openai.OpenAIError):
+            return ModelError(f"the OpenAI client failed: {exc}")
+        return exc
+
+
+async def _read_sse(response: httpx2.Response) -> AsyncGenerator[ModelDelta, None]:
+    """Parse an OpenAI chat-completions SSE stream: the per-chunk hot path."""
+    loads = json.loads
+    finish_reason: str | None = None
+    usage: ModelUsage | None = None
+    calls: dict[int, dict[str, str]] = {}
+    done = False
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue  # blank separators, comments (": keep-alive"), "event:" lines
+        data = line[5:].lstrip()
+        if data == "[DONE]":
+            done = True
+            break
+        chunk = loads(data)
+        choices = chunk.get("choices")
+        if choices:
+            choice = choices[0]
+            delta = choice.get("delta")
+            if delta:
+                text = delta.get("content")
+                if text:
+                    yield text
+                if delta.get("tool_calls"):
+                    _merge_tool_calls(calls, delta["tool_calls"])
+            if choice.get("finish_reason"):
+                finish_reason = choice["finish_reason"]
+        elif "error" in chunk:
+            raise ModelResponseError(f"the model endpoint reported an error mid-stream: {_error_text(chunk)}")
+        if chunk.get("usage"):
+            usage = _usage(chunk["usage"])
+    if not done and finish_reason is None:
+        raise ModelResponseError("the response stream ended before the model finished")
+    yield ModelTurnEnd(finish_reason=finish_reason, tool_calls=_tool_calls(calls), usage=usage)
+
+
+def _merge_tool_calls(calls: dict[int, dict[str, str]], deltas: list[dict[str, Any]]) -> None:
+    for item in deltas:
+        call = calls.setdefault(int(item.get("index", 0)), {"id": "", "name": "", "arguments": ""})
+        if item.get("id"):
+            call["id"] = item["id"]
+        function = item.get("function") or {}
+        if function.get("name"):
+            call["name"] += function["name"]
+        if function.get("arguments"):
+            call["arguments"] += function["arguments"]
+
+
+def _tool_calls(calls: dict[int, dict[str, str]]) -> list[ToolCall]:
+    return [
+        ToolCall(id=c["id"] or f"call_{i}", function=ToolCallFunction(name=c["name"], arguments=c["arguments"] or "{}"))
+        for i, c in sorted(calls.items())
+    ]
+
+
+def _usage(raw: dict[str, Any]) -> ModelUsage:
+    return ModelUsage(
+        input_tokens=raw.get("prompt_tokens"),
+        output_tokens=raw.get("completion_tokens"),
+        total_tokens=raw.get("total_tokens"),
+    )
+
+
+def _error_text(chunk: dict[str, Any]) -> str:
+    error = chunk.get("error")
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    return str(error)
+
+
+def _status_detail(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+    return exc.message
+
+
+async def _close_client(client: openai.AsyncOpenAI) -> None:
+    await client.close()

@@ -1,0 +1,42 @@
+"""Shared fixtures: the anyio backend, a registry-leak check after every test, loopback models."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tether import active_runs
+from tether.models.openai import OpenAIChat
+from tether.testing import LoopbackServer
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _registry_left_empty() -> Iterator[None]:
+    """Every test must leave no active run behind (contract point 9)."""
+    yield
+    deadline = time.monotonic() + 2.0
+    while active_runs() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert active_runs() == [], "a test left active runs in the registry"
+
+
+@pytest.fixture
+def openai_model(loopback_server: LoopbackServer) -> OpenAIChat:
+    """OpenAIChat pointed at the loopback server, without retries so failures are immediate."""
+    return OpenAIChat(id="loopback", base_url=loopback_server.base_url, api_key="test-key", max_retries=0)
+
+
+@pytest.fixture(autouse=True)
+def _no_real_openai(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests must never reach a real provider, whatever the developer's shell has set.
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        if name in os.environ:
+            monkeypatch.delenv(name)
