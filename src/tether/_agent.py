@@ -56,7 +56,12 @@ class Agent:
 
     @overload
     def arun(
-        self, input: str, *, stream: Literal[False] = False, run_id: str | None = None, session_id: str | None = None
+        self,
+        input: str,
+        *,
+        stream: Literal[False] = False,
+        run_id: str | None = None,
+        session_id: str | None = None,
     ) -> Coroutine[Any, Any, RunOutput]: ...
     @overload
     def arun(
@@ -87,7 +92,12 @@ class Agent:
 
     @overload
     def run(
-        self, input: str, *, stream: Literal[False] = False, run_id: str | None = None, session_id: str | None = None
+        self,
+        input: str,
+        *,
+        stream: Literal[False] = False,
+        run_id: str | None = None,
+        session_id: str | None = None,
     ) -> RunOutput: ...
     @overload
     def run(

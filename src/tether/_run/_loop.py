@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
-from anyio.lowlevel import checkpoint
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from .._messages import Message
 from ..exceptions import TetherError
@@ -79,7 +79,12 @@ class RunState:
 
     def common(self) -> dict[str, Any]:
         h = self.handle
-        return {"run_id": h.run_id, "agent_id": h.agent_id, "agent_name": h.agent_name, "session_id": h.session_id}
+        return {
+            "run_id": h.run_id,
+            "agent_id": h.agent_id,
+            "agent_name": h.agent_name,
+            "session_id": h.session_id,
+        }
 
 
 async def execute(state: RunState) -> None:
@@ -91,6 +96,7 @@ async def execute(state: RunState) -> None:
             handle.attach(scope)
             started = RunStartedEvent(status=RunStatus.running, model=state.model.id, **state.common())
             state.channel.put(started)
+            await checkpoint_if_cancelled()  # cancelled while pending: the model is never called
             await _stream_model(state)
     except Exception as exc:
         failure = exc
@@ -183,7 +189,7 @@ def _build_output(state: RunState, status: RunStatus, failure: Exception | None)
 
 
 def _terminal_event(output: RunOutput) -> BaseRunEvent:
-    common = {
+    common: dict[str, Any] = {
         "run_id": output.run_id,
         "agent_id": output.agent_id,
         "agent_name": output.agent_name,
@@ -194,5 +200,7 @@ def _terminal_event(output: RunOutput) -> BaseRunEvent:
     if output.status is RunStatus.cancelled:
         return RunCancelledEvent(**common, reason=output.cancel_reason, source=output.cancel_source)
     if output.status is RunStatus.error:
-        return RunErrorEvent(**common, error=output.error or "run failed", error_type=output.error_type or "Error")
+        return RunErrorEvent(
+            **common, error=output.error or "run failed", error_type=output.error_type or "Error"
+        )
     return RunCompletedEvent(**common)

@@ -140,7 +140,9 @@ class RunStream:
     def _start(self) -> RunState:
         state = self._state = self._make_state(self.handle)
         self.handle.done = anyio.Event()
-        self.handle.task = asyncio.get_running_loop().create_task(execute(state), name=f"tether-run-{self.run_id}")
+        self.handle.task = asyncio.get_running_loop().create_task(
+            execute(state), name=f"tether-run-{self.run_id}"
+        )
         return state
 
     def _forget(self) -> None:

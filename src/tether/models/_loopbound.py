@@ -22,7 +22,9 @@ class LoopBound(Generic[R]):
     def __init__(self, factory: Callable[[], R], closer: Callable[[R], Awaitable[object]]) -> None:
         self._factory = factory
         self._closer = closer
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[R, AsyncGenerator[None, None]]]
+        self._by_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[R, AsyncGenerator[None, None]]
+        ]
         self._by_loop = weakref.WeakKeyDictionary()
 
     async def get(self) -> R:
@@ -36,7 +38,9 @@ class LoopBound(Generic[R]):
         return entry[0]
 
 
-async def _close_at_shutdown(resource: R, closer: Callable[[R], Awaitable[object]]) -> AsyncGenerator[None, None]:
+async def _close_at_shutdown(
+    resource: R, closer: Callable[[R], Awaitable[object]]
+) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:

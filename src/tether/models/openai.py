@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import aclosing
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -155,7 +155,9 @@ class OpenAIChat:
                 status_code=exc.status_code,
             )
         if isinstance(exc, httpx2.RequestError):
-            return ModelResponseError(f"the response stream from {where} broke off: {exc or type(exc).__name__}")
+            return ModelResponseError(
+                f"the response stream from {where} broke off: {exc or type(exc).__name__}"
+            )
         if isinstance(exc, ValueError | TypeError | AttributeError | KeyError | IndexError):
             return ModelResponseError(f"malformed response stream from {where}: {type(exc).__name__}: {exc}")
         if isinstance(exc, openai.OpenAIError):
@@ -213,7 +215,10 @@ def _merge_tool_calls(calls: dict[int, dict[str, str]], deltas: list[dict[str, A
 
 def _tool_calls(calls: dict[int, dict[str, str]]) -> list[ToolCall]:
     return [
-        ToolCall(id=c["id"] or f"call_{i}", function=ToolCallFunction(name=c["name"], arguments=c["arguments"] or "{}"))
+        ToolCall(
+            id=c["id"] or f"call_{i}",
+            function=ToolCallFunction(name=c["name"], arguments=c["arguments"] or "{}"),
+        )
         for i, c in sorted(calls.items())
     ]
 

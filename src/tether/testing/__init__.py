@@ -8,7 +8,16 @@ Example::
         agent = Agent(model=OpenAIChat(id="loopback", base_url=server.base_url, api_key="test"))
 """
 
+from ._demo import demo_model, story_chunks
 from ._loopback import LoopbackServer, RecordedRequest, Reply, ScriptedToolCall
 from ._scripted import ScriptedModel
 
-__all__ = ["LoopbackServer", "RecordedRequest", "Reply", "ScriptedModel", "ScriptedToolCall"]
+__all__ = [
+    "LoopbackServer",
+    "RecordedRequest",
+    "Reply",
+    "ScriptedModel",
+    "ScriptedToolCall",
+    "demo_model",
+    "story_chunks",
+]

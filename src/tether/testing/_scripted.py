@@ -68,8 +68,12 @@ class ScriptedModel:
                 yield chunk
             await self._wait_before(len(self.chunks))
             words = sum(len(c.split()) for c in self.chunks)
-            usage = ModelUsage(input_tokens=len(messages), output_tokens=words, total_tokens=len(messages) + words)
-            yield ModelTurnEnd(finish_reason=self.finish_reason, tool_calls=list(self.tool_calls), usage=usage)
+            usage = ModelUsage(
+                input_tokens=len(messages), output_tokens=words, total_tokens=len(messages) + words
+            )
+            yield ModelTurnEnd(
+                finish_reason=self.finish_reason, tool_calls=list(self.tool_calls), usage=usage
+            )
         finally:
             self.open_streams -= 1
 
