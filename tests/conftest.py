@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -26,6 +28,29 @@ def _registry_left_empty() -> Iterator[None]:
     while active_runs() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert active_runs() == [], "a test left active runs in the registry"
+
+
+class _Recorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def _asyncio_logged_no_error() -> Iterator[None]:
+    """asyncio reports "Task was destroyed but it is pending" and lost exceptions by logging, not warnings."""
+    recorder = _Recorder()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(recorder)
+    try:
+        yield
+        gc.collect()
+    finally:
+        logger.removeHandler(recorder)
+    assert recorder.messages == [], f"asyncio logged errors: {recorder.messages}"
 
 
 @pytest.fixture

@@ -107,3 +107,26 @@ def test_blocking_call_from_the_bridge_thread_is_a_clear_error() -> None:
 
     with pytest.raises(ConfigurationError, match="own event loop thread"):
         bridge.call(inside_bridge)
+
+
+def test_interpreter_exit_during_a_live_sync_run_is_prompt_and_clean(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    script = tmp_path / "exit_mid_run.py"
+    script.write_text(
+        "import threading\n"
+        "from tether import Agent, RunEvent\n"
+        "from tether.testing import ScriptedModel\n"
+        "agent = Agent(name='a', model=ScriptedModel(['x'], stall=60))\n"
+        "events = agent.run('go', stream=True)\n"
+        "print(next(events).event.value, flush=True)\n"
+        "threading.Thread(target=lambda: list(events), daemon=True).start()\n"
+        "print('exiting', flush=True)\n"
+    )
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-W", "error", str(script)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["RunStarted", "exiting"]
+    assert proc.stderr == ""
+    assert time.monotonic() - started < 10
