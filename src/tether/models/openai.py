@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -122,16 +121,41 @@ class OpenAIChat:
         return params
 
     async def _stream(self, messages: Sequence[Message]) -> AsyncGenerator[ModelDelta, None]:
+        # One generator from request to [DONE]: a nested generator per chunk costs measurable time.
         client = self._own_client or await self._clients.get()
         request = client.chat.completions.with_streaming_response.create(**self._params(messages))
         try:
             response = await request.__aenter__()
         except Exception as exc:
             raise self._translate(exc) from exc
+        turn = _Turn()
+        loads = json.loads
         try:
-            async with aclosing(_read_sse(response.http_response)) as deltas:
-                async for delta in deltas:
-                    yield delta
+            async for line in response.http_response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments (": keep-alive"), "event:" lines
+                data = line[5:].lstrip()
+                if data == "[DONE]":
+                    turn.done = True
+                    break
+                chunk = loads(data)
+                choices = chunk.get("choices")
+                if choices:
+                    choice = choices[0]
+                    delta = choice.get("delta")
+                    if delta:
+                        text = delta.get("content")
+                        if text:
+                            yield text
+                        if delta.get("tool_calls"):
+                            _merge_tool_calls(turn.calls, delta["tool_calls"])
+                    if choice.get("finish_reason"):
+                        turn.finish_reason = choice["finish_reason"]
+                elif "error" in chunk:
+                    raise ModelResponseError(f"the model endpoint reported an error: {_error_text(chunk)}")
+                if chunk.get("usage"):
+                    turn.usage = _usage(chunk["usage"])
+            yield turn.end()
         except ModelError:
             raise
         except Exception as exc:
@@ -165,40 +189,22 @@ class OpenAIChat:
         return exc
 
 
-async def _read_sse(response: httpx2.Response) -> AsyncGenerator[ModelDelta, None]:
-    """Parse an OpenAI chat-completions SSE stream: the per-chunk hot path."""
-    loads = json.loads
-    finish_reason: str | None = None
-    usage: ModelUsage | None = None
-    calls: dict[int, dict[str, str]] = {}
-    done = False
-    async for line in response.aiter_lines():
-        if not line.startswith("data:"):
-            continue  # blank separators, comments (": keep-alive"), "event:" lines
-        data = line[5:].lstrip()
-        if data == "[DONE]":
-            done = True
-            break
-        chunk = loads(data)
-        choices = chunk.get("choices")
-        if choices:
-            choice = choices[0]
-            delta = choice.get("delta")
-            if delta:
-                text = delta.get("content")
-                if text:
-                    yield text
-                if delta.get("tool_calls"):
-                    _merge_tool_calls(calls, delta["tool_calls"])
-            if choice.get("finish_reason"):
-                finish_reason = choice["finish_reason"]
-        elif "error" in chunk:
-            raise ModelResponseError(f"the model endpoint reported an error mid-stream: {_error_text(chunk)}")
-        if chunk.get("usage"):
-            usage = _usage(chunk["usage"])
-    if not done and finish_reason is None:
-        raise ModelResponseError("the response stream ended before the model finished")
-    yield ModelTurnEnd(finish_reason=finish_reason, tool_calls=_tool_calls(calls), usage=usage)
+class _Turn:
+    """What one streamed response says besides its text: finish reason, tool calls, usage."""
+
+    __slots__ = ("calls", "done", "finish_reason", "usage")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.finish_reason: str | None = None
+        self.usage: ModelUsage | None = None
+        self.calls: dict[int, dict[str, str]] = {}
+
+    def end(self) -> ModelTurnEnd:
+        if not self.done and self.finish_reason is None:
+            raise ModelResponseError("the response stream ended before the model finished")
+        calls = _tool_calls(self.calls)
+        return ModelTurnEnd(finish_reason=self.finish_reason, tool_calls=calls, usage=self.usage)
 
 
 def _merge_tool_calls(calls: dict[int, dict[str, str]], deltas: list[dict[str, Any]]) -> None:
