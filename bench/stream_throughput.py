@@ -67,9 +67,8 @@ async def timed(fn, *args) -> float:  # type: ignore[no-untyped-def]
 
 
 async def main(chunks: int, trials: int) -> None:
-    print(
-        f"streaming {chunks} chunks, median of {trials}; {platform.node()}, {os.cpu_count()} cores, {date.today()}"
-    )
+    machine = f"{platform.node()}, {os.cpu_count()} cores, {date.today()}"
+    print(f"streaming {chunks} chunks, median of {trials}; {machine}")
     with LoopbackServer(Reply(chunks=[f"w{i} " for i in range(chunks)])) as server:
         agent = Agent(name="bench", model=OpenAIChat(id="loopback", base_url=server.base_url, max_retries=0))
         results: dict[str, list[float]] = {"bare": [], "openai": [], "tether": []}

@@ -125,7 +125,9 @@ def test_interpreter_exit_during_a_live_sync_run_is_prompt_and_clean(tmp_path) -
         "print('exiting', flush=True)\n"
     )
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-W", "error", str(script)], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", str(script)], capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["RunStarted", "exiting"]
     assert proc.stderr == ""
