@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check clean
+.PHONY: demo test bench lint typecheck check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Side-by-side figures (tether vs baselines in the same run); not part of `make test`.
+bench: $(STAMP)
+	$(BIN)/python bench/stream_throughput.py
+	$(BIN)/python bench/cancel_latency.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples bench
