@@ -48,6 +48,15 @@ def test_await_run_example() -> None:
     assert "history: [('user', False), ('assistant', True)]" in proc.stdout
 
 
+def test_tools_cancel_example() -> None:
+    proc = run("examples/tools_cancel.py")
+    assert proc.returncode == 0, proc.stderr
+    assert "[tool] search_flights('Lisbon') was cancelled mid-flight" in proc.stdout
+    assert "[tool] completed with error: Cancelled: user pressed stop" in proc.stdout
+    assert "  tool      'Cancelled: user pressed stop'" in proc.stdout
+    assert "Next run: COMPLETED: No problem, I stopped the search." in proc.stdout
+
+
 def test_cli_demo() -> None:
     proc = run("-m", "tether", "demo", "--cancel-after", "0.5")
     assert proc.returncode == 0, proc.stderr

@@ -15,10 +15,12 @@ from ._agent import Agent
 from ._messages import Message, ToolCall, ToolCallFunction
 from ._run import (
     BaseRunEvent,
+    CancelMode,
     CancelSource,
     RunCancelledEvent,
     RunCompletedEvent,
     RunContentEvent,
+    RunContext,
     RunErrorEvent,
     RunEvent,
     RunMetrics,
@@ -35,21 +37,27 @@ from ._run import (
 from ._sync import SyncRunStream
 from .exceptions import (
     ConfigurationError,
+    MaxStepsExceededError,
     ModelConnectionError,
     ModelError,
     ModelResponseError,
     ModelStatusError,
     ModelTimeoutError,
     TetherError,
+    ToolCancelledError,
+    ToolError,
 )
+from .tools import Tool, tool
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Agent",
     "BaseRunEvent",
+    "CancelMode",
     "CancelSource",
     "ConfigurationError",
+    "MaxStepsExceededError",
     "Message",
     "ModelConnectionError",
     "ModelError",
@@ -59,6 +67,7 @@ __all__ = [
     "RunCancelledEvent",
     "RunCompletedEvent",
     "RunContentEvent",
+    "RunContext",
     "RunErrorEvent",
     "RunEvent",
     "RunMetrics",
@@ -69,11 +78,15 @@ __all__ = [
     "RunStream",
     "SyncRunStream",
     "TetherError",
+    "Tool",
     "ToolCall",
     "ToolCallCompletedEvent",
     "ToolCallFunction",
     "ToolCallStartedEvent",
+    "ToolCancelledError",
+    "ToolError",
     "__version__",
     "active_runs",
     "cancel_run",
+    "tool",
 ]

@@ -1,17 +1,40 @@
-"""Agent: what a run needs (model, instructions) plus the ways to run and stop it."""
+"""Agent: what a run needs (model, instructions, tools) plus the ways to run and stop it."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 from ._ids import check_id, new_id, slug
 from ._messages import Message
-from ._run import RunHandle, RunOutput, RunState, RunStream, registry
+from ._run import (
+    CancelMode,
+    RunContext,
+    RunHandle,
+    RunOutput,
+    RunSpec,
+    RunState,
+    RunStatus,
+    RunStream,
+    registry,
+)
 from ._sync import SyncRunStream, bridge
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, ToolError
 from .models.base import Model
+from .tools._tool import Tool, as_tools
+
+
+@dataclass(frozen=True)
+class _RunOptions:
+    """The per-run options of ``arun``/``run``, kept together on their way to the run."""
+
+    run_id: str | None = None
+    session_id: str | None = None
+    timeout: float | None = None
+    history: Sequence[Message] | None = None
+    parent_run_id: str | None = None
 
 
 class Agent:
@@ -19,13 +42,15 @@ class Agent:
 
     Example::
 
-        agent = Agent(name="Storyteller", model=OpenAIChat(id="gpt-5-mini"), instructions="Be vivid.")
+        agent = Agent(name="Storyteller", model=OpenAIChat(id="gpt-5-mini"), tools=[lookup])
         out = await agent.arun("Write a story")              # RunOutput
         async for event in agent.arun("Write a story", stream=True):
             ...
         agent.cancel_run(run_id)                              # from any thread
 
     ``agent.id`` is the given ``id`` or derived from ``name`` (stable across processes).
+    ``tools`` are plain functions (sync or async) or :class:`~tether.tools.Tool` objects; ``max_steps``
+    bounds the model requests of one run; ``timeout`` is every run's deadline in seconds.
     """
 
     def __init__(
@@ -36,6 +61,9 @@ class Agent:
         id: str | None = None,
         description: str | None = None,
         instructions: str | Sequence[str] | None = None,
+        tools: Sequence[Tool | Callable[..., Any]] | None = None,
+        max_steps: int = 20,
+        timeout: float | None = None,
     ) -> None:
         if model is None:
             from .models.openai import OpenAIChat
@@ -43,11 +71,16 @@ class Agent:
             model = OpenAIChat()
         if not isinstance(model, Model):
             raise ConfigurationError(f"model must be a tether model (got {type(model).__name__})")
+        if not isinstance(max_steps, int) or max_steps < 1:
+            raise ConfigurationError(f"max_steps must be a positive integer (got {max_steps!r})")
         self.name = name
         self.id = check_id("agent id", id) if id is not None else slug(name or "agent")
         self.model = model
         self.description = description
         self.instructions = [instructions] if isinstance(instructions, str) else list(instructions or [])
+        self.tools = as_tools(tools)
+        self.max_steps = max_steps
+        self.timeout = _check_timeout(timeout)
 
     def __repr__(self) -> str:
         return f"Agent(id={self.id!r}, model={self.model.id!r})"
@@ -62,31 +95,57 @@ class Agent:
         stream: Literal[False] = False,
         run_id: str | None = None,
         session_id: str | None = None,
+        timeout: float | None = None,
+        history: Sequence[Message] | None = None,
     ) -> Coroutine[Any, Any, RunOutput]: ...
     @overload
     def arun(
-        self, input: str, *, stream: Literal[True], run_id: str | None = None, session_id: str | None = None
+        self,
+        input: str,
+        *,
+        stream: Literal[True],
+        run_id: str | None = None,
+        session_id: str | None = None,
+        timeout: float | None = None,
+        history: Sequence[Message] | None = None,
     ) -> RunStream: ...
     def arun(
-        self, input: str, *, stream: bool = False, run_id: str | None = None, session_id: str | None = None
+        self,
+        input: str,
+        *,
+        stream: bool = False,
+        run_id: str | None = None,
+        session_id: str | None = None,
+        timeout: float | None = None,
+        history: Sequence[Message] | None = None,
     ) -> RunStream | Coroutine[Any, Any, RunOutput]:
         """Run the agent on ``input``.
 
         ``stream=True`` returns a :class:`RunStream` to ``async for`` over (no ``await``);
         otherwise ``await`` it for the :class:`RunOutput`. A cancelled or failed run returns its
         output with that status; it does not raise. ``run_id`` may be chosen by the caller (so it can
-        cancel before the first event); ``session_id`` groups runs of one conversation.
+        cancel before the first event); ``session_id`` groups runs of one conversation; ``timeout``
+        (default: the agent's) ends the run with ``RunCancelled(source="timeout")``; ``history`` is
+        earlier messages to continue from (e.g. a previous ``RunOutput.messages``).
         """
+        options = _RunOptions(run_id, session_id, timeout, history)
         if stream:
-            return self._open(input, run_id, session_id)
-        return self._collect(input, run_id, session_id)
+            return self._open(input, options)
+        return self._collect(input, options)
 
-    async def _collect(self, input: str, run_id: str | None, session_id: str | None) -> RunOutput:
-        return await self._open(input, run_id, session_id).collect()
+    async def _collect(self, input: str, options: _RunOptions) -> RunOutput:
+        return await self._open(input, options).collect()
 
-    async def acancel_run(self, run_id: str, reason: str | None = None) -> bool:
+    async def acancel_run(
+        self,
+        run_id: str,
+        reason: str | None = None,
+        *,
+        mode: CancelMode = "immediate",
+        grace: float | None = None,
+    ) -> bool:
         """Cancel this agent's run ``run_id``; True iff it is active. See :meth:`cancel_run`."""
-        return self.cancel_run(run_id, reason)
+        return self.cancel_run(run_id, reason, mode=mode, grace=grace)
 
     # -- sync ----------------------------------------------------------------------------------
 
@@ -98,13 +157,29 @@ class Agent:
         stream: Literal[False] = False,
         run_id: str | None = None,
         session_id: str | None = None,
+        timeout: float | None = None,
+        history: Sequence[Message] | None = None,
     ) -> RunOutput: ...
     @overload
     def run(
-        self, input: str, *, stream: Literal[True], run_id: str | None = None, session_id: str | None = None
+        self,
+        input: str,
+        *,
+        stream: Literal[True],
+        run_id: str | None = None,
+        session_id: str | None = None,
+        timeout: float | None = None,
+        history: Sequence[Message] | None = None,
     ) -> SyncRunStream: ...
     def run(
-        self, input: str, *, stream: bool = False, run_id: str | None = None, session_id: str | None = None
+        self,
+        input: str,
+        *,
+        stream: bool = False,
+        run_id: str | None = None,
+        session_id: str | None = None,
+        timeout: float | None = None,
+        history: Sequence[Message] | None = None,
     ) -> SyncRunStream | RunOutput:
         """Blocking :meth:`arun`, usable from any thread (a background event loop runs the run).
 
@@ -112,36 +187,99 @@ class Agent:
         ``KeyboardInterrupt``) cancels the run with ``source="outer"`` and propagates.
         """
         if stream:
-            return SyncRunStream(self._open(input, run_id, session_id))
+            return SyncRunStream(self._open(input, _RunOptions(run_id, session_id, timeout, history)))
         run_id = check_id("run id", run_id) if run_id is not None else new_id()
+        options = _RunOptions(run_id, session_id, timeout, history)
         try:
-            return bridge.call(functools.partial(self._collect, input, run_id, session_id))
+            return bridge.call(functools.partial(self._collect, input, options))
         except BaseException:
             registry.cancel(run_id, source="outer", agent_id=self.id)
             raise
 
-    def cancel_run(self, run_id: str, reason: str | None = None) -> bool:
+    def cancel_run(
+        self,
+        run_id: str,
+        reason: str | None = None,
+        *,
+        mode: CancelMode = "immediate",
+        grace: float | None = None,
+    ) -> bool:
         """Cancel this agent's run ``run_id``; thread-safe, idempotent, never blocks.
 
         True iff the run is active (pending or running) and belongs to this agent, also when it
         is already being cancelled; False for an unknown or finished run or another agent's run.
-        The run stops at its next await and ends with one ``RunCancelled`` event (``source="user"``).
+        ``mode="immediate"`` interrupts whatever the run awaits; ``mode="after_turn"`` lets the
+        current model response and its tool calls finish and stops before the next model request;
+        ``grace`` (seconds) escalates a graceful stop to immediate. The run ends with one
+        ``RunCancelled`` event (``source="user"``); live sub-agent runs are cancelled first.
         """
-        return registry.cancel(run_id, reason=reason, source="user", agent_id=self.id)
+        return registry.cancel(run_id, reason=reason, source="user", agent_id=self.id, mode=mode, grace=grace)
+
+    def as_tool(self, *, name: str | None = None, description: str | None = None) -> Tool:
+        """This agent as a tool another agent can call (a sub-agent).
+
+        Each call is a run of its own in the registry, with ``parent_run_id`` set. Cancelling the
+        parent cancels the child first (``source="parent"``); cancelling the child alone gives the
+        parent a tool error result, and the parent goes on.
+        """
+        agent = self
+
+        async def ask(input: str, context: RunContext) -> str:
+            """Ask the sub-agent.
+
+            Args:
+                input: What to ask the agent, in plain language.
+            """
+            return await _ask_subagent(agent, input, context)
+
+        return Tool(
+            ask,
+            name=name or f"ask_{slug(self.name or self.id).replace('.', '_').replace(':', '_')}"[:64],
+            description=description or self.description or f"Ask the {self.name or self.id} agent.",
+        )
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _open(self, input: str, run_id: str | None, session_id: str | None) -> RunStream:
+    def _open(self, input: str, options: _RunOptions) -> RunStream:
         if not isinstance(input, str):
             raise ConfigurationError(f"input must be a str (got {type(input).__name__})")
-        run_id = check_id("run id", run_id) if run_id is not None else new_id()
-        session_id = check_id("session id", session_id) if session_id is not None else new_id()
-        handle = RunHandle(run_id, self.id, self.name, session_id)
-        messages = self._initial_messages(input)
-        return RunStream(handle, functools.partial(RunState, model=self.model, messages=messages))
+        run_id = check_id("run id", options.run_id) if options.run_id is not None else new_id()
+        session_id = (
+            check_id("session id", options.session_id) if options.session_id is not None else new_id()
+        )
+        timeout = _check_timeout(options.timeout) if options.timeout is not None else self.timeout
+        handle = RunHandle(
+            run_id, self.id, self.name, session_id, parent_run_id=options.parent_run_id, timeout=timeout
+        )
+        spec = RunSpec(
+            model=self.model,
+            messages=tuple(self._initial_messages(input, options.history)),
+            tools=tuple(self.tools),
+            max_steps=self.max_steps,
+        )
+        return RunStream(handle, functools.partial(RunState, spec=spec))
 
-    def _initial_messages(self, input: str) -> list[Message]:
+    def _initial_messages(self, input: str, history: Sequence[Message] | None) -> list[Message]:
         system = "\n\n".join(part for part in [self.description or "", *self.instructions] if part)
         messages = [Message(role="system", content=system)] if system else []
+        # An earlier run's system prompt is replaced by this agent's current one.
+        messages.extend(m for m in (history or ()) if m.role != "system")
         messages.append(Message(role="user", content=input))
         return messages
+
+
+async def _ask_subagent(agent: Agent, input: str, context: RunContext) -> str:
+    output = await agent._open(input, _RunOptions(parent_run_id=context.run_id)).collect()
+    if output.status is RunStatus.cancelled:
+        raise ToolError(
+            f"Cancelled: {output.cancel_reason or output.cancel_source or 'the sub-agent was stopped'}"
+        )
+    if output.status is RunStatus.error:
+        raise ToolError(f"the {agent.name or agent.id} agent failed: {output.error}")
+    return output.content
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is not None and not timeout > 0:
+        raise ConfigurationError(f"timeout must be a positive number of seconds (got {timeout!r})")
+    return timeout

@@ -4,6 +4,9 @@
 
     TetherError
      ├── ConfigurationError        bad arguments or settings; raised at the call (also a ValueError)
+     ├── MaxStepsExceededError     the model kept calling tools past ``max_steps``; ends the run in error
+     ├── ToolError                 raise it in a tool to send the model a plain error message
+     │    └── ToolCancelledError   raised by ``RunContext.raise_if_cancelled()`` in a cancelled run
      └── ModelError                the model provider failed; a run reports it as a RunError event
           ├── ModelConnectionError the endpoint could not be reached
           ├── ModelTimeoutError    the endpoint did not answer in time
@@ -19,12 +22,15 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "MaxStepsExceededError",
     "ModelConnectionError",
     "ModelError",
     "ModelResponseError",
     "ModelStatusError",
     "ModelTimeoutError",
     "TetherError",
+    "ToolCancelledError",
+    "ToolError",
 ]
 
 
@@ -34,6 +40,18 @@ class TetherError(Exception):
 
 class ConfigurationError(TetherError, ValueError):
     """An argument or setting is invalid; nothing was started."""
+
+
+class MaxStepsExceededError(TetherError):
+    """The model asked for tools in more consecutive steps than the agent's ``max_steps`` allows."""
+
+
+class ToolError(TetherError):
+    """A tool failed in a way the model should be told about, without a traceback."""
+
+
+class ToolCancelledError(ToolError):
+    """The run that called this tool was cancelled."""
 
 
 class ModelError(TetherError):

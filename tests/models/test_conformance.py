@@ -8,7 +8,7 @@ from contextlib import aclosing
 import anyio
 import pytest
 
-from tether import Message, ToolCall, ToolCallFunction
+from tether import Message
 from tether.models import Model, ModelTurnEnd
 from tether.models.openai import OpenAIChat
 from tether.testing import LoopbackServer, Reply, ScriptedModel, ScriptedToolCall
@@ -25,7 +25,7 @@ def make_model(request: pytest.FixtureRequest, loopback_server: LoopbackServer) 
     """``make_model(chunks, stall=0.0, tool_call=False)`` for each adapter."""
 
     def scripted(chunks: list[str], stall: float = 0.0, tool_call: bool = False) -> Model:
-        calls = [ToolCall(id="call_1", function=ToolCallFunction(name=CALL[0], arguments=CALL[1]))]
+        calls = [ScriptedToolCall(name=CALL[0], arguments=CALL[1], id="call_1")]
         return ScriptedModel(chunks, stall=stall, tool_calls=calls if tool_call else [])
 
     def openai(chunks: list[str], stall: float = 0.0, tool_call: bool = False) -> Model:

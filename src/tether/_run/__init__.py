@@ -1,5 +1,6 @@
 """The run engine: registry, the one run loop, events, output, and the consumer's stream."""
 
+from ._context import RunContext
 from ._events import (
     BaseRunEvent,
     CancelSource,
@@ -14,24 +15,27 @@ from ._events import (
     ToolCallCompletedEvent,
     ToolCallStartedEvent,
 )
-from ._handle import RunHandle
-from ._loop import RunState
+from ._handle import CancelMode, RunHandle
 from ._output import RunMetrics, RunOutput
 from ._registry import active_runs, cancel_run, registry
+from ._state import RunSpec, RunState
 from ._stream import RunStream
 
 __all__ = [
     "BaseRunEvent",
+    "CancelMode",
     "CancelSource",
     "RunCancelledEvent",
     "RunCompletedEvent",
     "RunContentEvent",
+    "RunContext",
     "RunErrorEvent",
     "RunEvent",
     "RunHandle",
     "RunMetrics",
     "RunOutput",
     "RunOutputEvent",
+    "RunSpec",
     "RunStartedEvent",
     "RunState",
     "RunStatus",

@@ -6,7 +6,7 @@ import threading
 
 from ..exceptions import ConfigurationError
 from ._events import CancelSource
-from ._handle import RunHandle
+from ._handle import CancelMode, RunHandle, check_mode
 
 
 class RunRegistry:
@@ -21,11 +21,17 @@ class RunRegistry:
             if handle.run_id in self._runs:
                 raise ConfigurationError(f"run id {handle.run_id!r} is already in use by an active run")
             self._runs[handle.run_id] = handle
+            parent = self._runs.get(handle.parent_run_id) if handle.parent_run_id else None
+        if parent is not None:
+            parent.add_child(handle)
 
     def unregister(self, handle: RunHandle) -> None:
         with self._lock:
             if self._runs.get(handle.run_id) is handle:
                 del self._runs[handle.run_id]
+            parent = self._runs.get(handle.parent_run_id) if handle.parent_run_id else None
+        if parent is not None:
+            parent.remove_child(handle)
 
     def get(self, run_id: str) -> RunHandle | None:
         with self._lock:
@@ -46,30 +52,38 @@ class RunRegistry:
         reason: str | None = None,
         source: CancelSource = "user",
         agent_id: str | None = None,
+        mode: CancelMode = "immediate",
+        grace: float | None = None,
     ) -> bool:
         """Cancel an active run; True iff it is active (and belongs to ``agent_id`` when given)."""
+        check_mode(mode, grace)
         handle = self.get(run_id)
         if handle is None or (agent_id is not None and handle.agent_id != agent_id):
             return False
-        return handle.request_cancel(reason, source)
+        return handle.request_cancel(reason, source, mode=mode, grace=grace)
 
 
 registry = RunRegistry()
 """The one registry of this process."""
 
 
-def cancel_run(run_id: str, reason: str | None = None) -> bool:
+def cancel_run(
+    run_id: str, reason: str | None = None, *, mode: CancelMode = "immediate", grace: float | None = None
+) -> bool:
     """Cancel any agent's active run in this process; True iff it was active.
 
-    Thread-safe, idempotent, and never blocks: the run stops at its next await and emits
-    ``RunCancelled``. Also True when the run is already being cancelled.
+    Thread-safe, idempotent, and never blocks. ``mode="immediate"`` interrupts whatever the run
+    awaits; ``mode="after_turn"`` lets the current model response and its tool calls finish and
+    stops before the next model request; ``grace`` escalates that to immediate after so many
+    seconds. Either way the run ends with one ``RunCancelled`` event (``source="user"``).
+    Also True when the run is already being cancelled.
 
     Example::
 
         if tether.cancel_run(run_id, reason="user pressed stop"):
             ...
     """
-    return registry.cancel(run_id, reason=reason, source="user")
+    return registry.cancel(run_id, reason=reason, source="user", mode=mode, grace=grace)
 
 
 def active_runs() -> list[str]:

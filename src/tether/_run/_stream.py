@@ -10,9 +10,10 @@ import anyio
 
 from ._events import TERMINAL_EVENT_TYPES, BaseRunEvent
 from ._handle import RunHandle
-from ._loop import RunState, execute
+from ._loop import execute
 from ._output import RunOutput
 from ._registry import registry
+from ._state import RunState
 
 OUTER_CANCEL_WAIT = 2.0
 """Seconds a cancelled consumer waits (shielded) for the run to record its end before re-raising."""

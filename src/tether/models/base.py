@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .._messages import Message, ToolCall
 
@@ -36,6 +36,8 @@ class ModelTurnEnd:
 
 
 ModelDelta = str | ModelTurnEnd
+ToolSpec = dict[str, Any]
+"""A tool as OpenAI's ``tools`` entry: ``{"type": "function", "function": {...}}``."""
 
 
 @runtime_checkable
@@ -47,6 +49,11 @@ class Model(Protocol):
         """The model's name at its provider, e.g. ``"gpt-5-mini"``."""
         ...
 
-    def stream(self, messages: Sequence[Message]) -> AsyncIterator[ModelDelta]:
-        """Stream one response to ``messages``: text deltas, then one ``ModelTurnEnd``."""
+    def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[ModelDelta]:
+        """Stream one response to ``messages``: text deltas, then one ``ModelTurnEnd``.
+
+        ``tools`` are the functions the model may ask to call (``ModelTurnEnd.tool_calls``).
+        """
         ...

@@ -26,7 +26,7 @@ from ..exceptions import (
     ModelTimeoutError,
 )
 from ._loopbound import LoopBound
-from .base import ModelDelta, ModelTurnEnd, ModelUsage
+from .base import ModelDelta, ModelTurnEnd, ModelUsage, ToolSpec
 
 CLOSE_TIMEOUT = 2.0
 
@@ -80,9 +80,11 @@ class OpenAIChat:
     def __repr__(self) -> str:
         return f"OpenAIChat(id={self._id!r}, base_url={self._base_url()!r})"
 
-    def stream(self, messages: Sequence[Message]) -> AsyncIterator[ModelDelta]:
+    def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[ModelDelta]:
         """Stream one response: text deltas, then a :class:`ModelTurnEnd`."""
-        return self._stream(messages)
+        return self._stream(messages, tools)
 
     def _base_url(self) -> str | None:
         return self.base_url or os.environ.get("OPENAI_BASE_URL") or None
@@ -104,12 +106,14 @@ class OpenAIChat:
             kwargs["timeout"] = self.timeout
         return openai.AsyncOpenAI(**kwargs)
 
-    def _params(self, messages: Sequence[Message]) -> dict[str, Any]:
+    def _params(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": self._id,
             "messages": [m.to_provider() for m in messages],
             "stream": True,
         }
+        if tools:
+            params["tools"] = list(tools)
         if self.include_usage:
             params["stream_options"] = {"include_usage": True}
         if self.temperature is not None:
@@ -120,10 +124,12 @@ class OpenAIChat:
             params["extra_body"] = self.extra_body
         return params
 
-    async def _stream(self, messages: Sequence[Message]) -> AsyncGenerator[ModelDelta, None]:
+    async def _stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec]
+    ) -> AsyncGenerator[ModelDelta, None]:
         # One generator from request to [DONE]: a nested generator per chunk costs measurable time.
         client = self._own_client or await self._clients.get()
-        request = client.chat.completions.with_streaming_response.create(**self._params(messages))
+        request = client.chat.completions.with_streaming_response.create(**self._params(messages, tools))
         try:
             response = await request.__aenter__()
         except Exception as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from ..models.openai import OpenAIChat
@@ -35,16 +35,17 @@ def story_chunks(words: int = 2000) -> list[str]:
 
 
 @contextmanager
-def demo_model(pace: float = 0.03) -> Iterator[tuple[OpenAIChat, str]]:
+def demo_model(pace: float = 0.03, script: Sequence[Reply] = ()) -> Iterator[tuple[OpenAIChat, str]]:
     """Yield ``(model, description)``: OpenAI (or ``OPENAI_BASE_URL``) when configured, else offline.
 
-    Offline, a :class:`LoopbackServer` on 127.0.0.1 streams a long story over real HTTP, one word
-    every ``pace`` seconds, so the demo behaves like a real provider without an API key.
+    Offline, a :class:`LoopbackServer` on 127.0.0.1 answers over real HTTP: the ``script`` replies in
+    order, then a long story, one word every ``pace`` seconds, so a demo behaves like a real provider.
     """
     if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
         model = OpenAIChat(id=os.environ.get("TETHER_DEMO_MODEL", "gpt-5-mini"))
         yield model, f"model {model.id} at {os.environ.get('OPENAI_BASE_URL') or 'the OpenAI API'}"
         return
     with LoopbackServer(Reply(chunks=story_chunks(), pace=pace)) as server:
+        server.push(*script)
         model = OpenAIChat(id="loopback-storyteller", base_url=server.base_url, api_key="offline")
         yield model, f"offline: no OPENAI_API_KEY, using the built-in loopback model at {server.base_url}"

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass, field
 
 import anyio
 
-from .._messages import Message, ToolCall
-from ..models.base import ModelDelta, ModelTurnEnd, ModelUsage
+from .._messages import Message, ToolCall, ToolCallFunction
+from ..models.base import ModelDelta, ModelTurnEnd, ModelUsage, ToolSpec
+from ._loopback import Reply, ScriptedToolCall
+
+
+@dataclass
+class _Plan:
+    chunks: list[str]
+    delay: float = 0.0
+    stall: float = 0.0
+    stall_at: int = 0
+    error: BaseException | None = None
+    error_at: int | None = None
+    finish_reason: str = "stop"
+    tool_calls: list[ScriptedToolCall] = field(default_factory=list)
 
 
 class ScriptedModel:
@@ -17,14 +31,20 @@ class ScriptedModel:
     - ``stall``/``stall_at``: an extra wait of ``stall`` seconds before chunk number ``stall_at``
       (``stall_at=0``: before the first token);
     - ``error``/``error_at``: raise ``error`` instead of chunk number ``error_at``
-      (``len(chunks)``: after the last one).
+      (default: after the last one);
+    - ``tool_calls``: tool calls the response asks for (finish reason ``"tool_calls"``);
+    - ``turns``: a script of several responses, one :class:`Reply` per model request (``pace`` is the
+      delay, ``stall`` the stall before the first chunk); the last one repeats.
 
-    It records every call's messages in ``calls`` and counts ``open_streams`` (streams started and
-    not yet closed), so tests can check that a cancelled run closed its model stream.
+    It records every request's messages in ``calls`` and tools in ``tools_seen``, and counts
+    ``open_streams`` (started, not yet closed) so tests can check that a cancel closed the stream.
 
     Example::
 
-        agent = Agent(model=ScriptedModel(["Once", " upon", " a time"], delay=0.01))
+        model = ScriptedModel(turns=[
+            Reply(chunks=[], tool_calls=[ScriptedToolCall("lookup", '{"city": "Paris"}')]),
+            Reply(chunks=["It is sunny."]),
+        ])
     """
 
     def __init__(
@@ -37,50 +57,62 @@ class ScriptedModel:
         stall_at: int = 0,
         error: BaseException | None = None,
         error_at: int | None = None,
-        finish_reason: str = "stop",
-        tool_calls: Sequence[ToolCall] = (),
+        tool_calls: Sequence[ScriptedToolCall] = (),
+        turns: Sequence[Reply] = (),
     ) -> None:
         self._id = id
-        self.chunks = list(chunks)
-        self.delay = delay
-        self.stall = stall
-        self.stall_at = stall_at
-        self.error = error
-        self.error_at = error_at if error_at is not None else (len(self.chunks) if error else None)
-        self.finish_reason = finish_reason
-        self.tool_calls = list(tool_calls)
+        calls = list(tool_calls)
+        finish = "tool_calls" if calls else "stop"
+        self._plans = [_plan(reply) for reply in turns] or [
+            _Plan(list(chunks), delay, stall, stall_at, error, error_at, finish, calls)
+        ]
         self.calls: list[list[Message]] = []
+        self.tools_seen: list[list[ToolSpec]] = []
         self.open_streams = 0
 
     @property
     def id(self) -> str:
         return self._id
 
-    def stream(self, messages: Sequence[Message]) -> AsyncIterator[ModelDelta]:
-        return self._stream(messages)
-
-    async def _stream(self, messages: Sequence[Message]) -> AsyncGenerator[ModelDelta, None]:
+    def stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[ModelDelta]:
+        plan = self._plans[min(len(self.calls), len(self._plans) - 1)]
         self.calls.append(list(messages))
+        self.tools_seen.append(list(tools))
+        return self._stream(plan, len(self.calls), len(messages))
+
+    async def _stream(self, plan: _Plan, number: int, prompt: int) -> AsyncGenerator[ModelDelta, None]:
         self.open_streams += 1
         try:
-            for index, chunk in enumerate(self.chunks):
-                await self._wait_before(index)
+            for index, chunk in enumerate(plan.chunks):
+                await _wait_before(plan, index)
                 yield chunk
-            await self._wait_before(len(self.chunks))
-            words = sum(len(c.split()) for c in self.chunks)
-            usage = ModelUsage(
-                input_tokens=len(messages), output_tokens=words, total_tokens=len(messages) + words
-            )
-            yield ModelTurnEnd(
-                finish_reason=self.finish_reason, tool_calls=list(self.tool_calls), usage=usage
-            )
+            await _wait_before(plan, len(plan.chunks))
+            words = sum(len(c.split()) for c in plan.chunks)
+            calls = [
+                ToolCall(
+                    id=c.id or f"call_{number}_{i}",
+                    function=ToolCallFunction(name=c.name, arguments=c.arguments),
+                )
+                for i, c in enumerate(plan.tool_calls)
+            ]
+            usage = ModelUsage(input_tokens=prompt, output_tokens=words, total_tokens=prompt + words)
+            yield ModelTurnEnd(finish_reason=plan.finish_reason, tool_calls=calls, usage=usage)
         finally:
             self.open_streams -= 1
 
-    async def _wait_before(self, index: int) -> None:
-        if self.stall and index == self.stall_at:
-            await anyio.sleep(self.stall)
-        elif self.delay and 0 < index < len(self.chunks):
-            await anyio.sleep(self.delay)
-        if self.error is not None and index == self.error_at:
-            raise self.error
+
+def _plan(reply: Reply) -> _Plan:
+    finish = "tool_calls" if reply.tool_calls else reply.finish_reason
+    return _Plan(list(reply.chunks), reply.pace, reply.stall, 0, None, None, finish, list(reply.tool_calls))
+
+
+async def _wait_before(plan: _Plan, index: int) -> None:
+    if plan.stall and index == plan.stall_at:
+        await anyio.sleep(plan.stall)
+    elif plan.delay and 0 < index < len(plan.chunks):
+        await anyio.sleep(plan.delay)
+    error_at = plan.error_at if plan.error_at is not None else len(plan.chunks)
+    if plan.error is not None and index == error_at:
+        raise plan.error

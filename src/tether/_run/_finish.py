@@ -1,0 +1,91 @@
+"""The end of every run: decide the outcome, repair the history, build the output, emit the last event."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from .._messages import Message
+from ..exceptions import TetherError
+from ._events import BaseRunEvent, RunCancelledEvent, RunCompletedEvent, RunErrorEvent, RunStatus
+from ._output import RunMetrics, RunOutput
+from ._registry import registry
+from ._state import RunState
+from ._tool_phase import close_pending
+
+logger = logging.getLogger("tether.run")
+
+
+def finish(state: RunState, failure: BaseException | None) -> None:
+    """Decide the outcome, leave the registry, emit the terminal event, close the channel. No awaits."""
+    handle = state.handle
+    status = handle.decide(failed=failure is not None)
+    if failure is not None and not isinstance(failure, TetherError):
+        logger.error("run %s failed", handle.run_id, exc_info=failure)
+    _repair_history(state, status)
+    output = state.output = _build_output(state, status, failure)
+    registry.unregister(handle)
+    state.channel.put(_terminal_event(output))
+    state.channel.send.close()
+    if handle.done is not None:
+        handle.done.set()
+
+
+def _repair_history(state: RunState, status: RunStatus) -> None:
+    """Keep the history valid for the provider: partial text kept (marked), every tool call answered."""
+    partial = "".join(state.parts[state.turn_start :])
+    if partial:
+        state.messages.append(Message(role="assistant", content=partial, interrupted=True))
+    if state.pending.calls:
+        reason = state.handle.cancel_reason or state.handle.cancel_source or "the run ended"
+        note = f"Cancelled: {reason}" if status is RunStatus.cancelled else f"Not run: {reason}"
+        close_pending(state, note)
+
+
+def _build_output(state: RunState, status: RunStatus, failure: BaseException | None) -> RunOutput:
+    handle = state.handle
+    metrics = RunMetrics(duration=time.monotonic() - state.started_at)
+    if state.first_token_at is not None:
+        metrics.time_to_first_token = state.first_token_at - state.started_at
+    if state.usage is not None:
+        metrics.input_tokens = state.usage.input_tokens
+        metrics.output_tokens = state.usage.output_tokens
+        metrics.total_tokens = state.usage.total_tokens
+    error = error_type = None
+    if failure is not None and status is RunStatus.error:
+        error_type = type(failure).__name__
+        error = str(failure) if isinstance(failure, TetherError) else f"{error_type}: {failure}"
+    cancelled = status is RunStatus.cancelled
+    return RunOutput(
+        **state.common(),
+        parent_run_id=handle.parent_run_id,
+        model=state.spec.model.id,
+        status=status,
+        content="".join(state.parts),
+        messages=state.messages,
+        cancel_reason=handle.cancel_reason if cancelled else None,
+        cancel_source=handle.cancel_source if cancelled else None,
+        error=error,
+        error_type=error_type,
+        metrics=metrics,
+        created_at=state.wall_started,
+    )
+
+
+def _terminal_event(output: RunOutput) -> BaseRunEvent:
+    common: dict[str, Any] = {
+        "run_id": output.run_id,
+        "agent_id": output.agent_id,
+        "agent_name": output.agent_name,
+        "session_id": output.session_id,
+        "status": output.status,
+        "content": output.content,
+    }
+    if output.status is RunStatus.cancelled:
+        return RunCancelledEvent(**common, reason=output.cancel_reason, source=output.cancel_source)
+    if output.status is RunStatus.error:
+        return RunErrorEvent(
+            **common, error=output.error or "run failed", error_type=output.error_type or "Error"
+        )
+    return RunCompletedEvent(**common)

@@ -1,0 +1,102 @@
+"""What one run needs (RunSpec, from the agent) and its working memory (RunState, owned by its task)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .._messages import Message, ToolCall
+from ..models.base import Model, ModelUsage
+from ._channel import Channel
+from ._events import BaseRunEvent, RunEvent, RunStatus
+from ._handle import RunHandle
+from ._output import RunOutput
+
+if TYPE_CHECKING:
+    from ..tools._execute import ToolOutcome
+    from ..tools._tool import Tool
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything the agent hands to one run."""
+
+    model: Model
+    messages: tuple[Message, ...]
+    tools: tuple[Tool, ...] = ()
+    max_steps: int = 20
+
+
+class RunState:
+    """The working memory of one run, owned by its task."""
+
+    __slots__ = (
+        "channel",
+        "content_fields",
+        "first_token_at",
+        "handle",
+        "messages",
+        "output",
+        "parts",
+        "pending",
+        "spec",
+        "started_at",
+        "tools",
+        "turn_start",
+        "usage",
+        "wall_started",
+    )
+
+    def __init__(self, handle: RunHandle, spec: RunSpec) -> None:
+        self.handle = handle
+        self.spec = spec
+        self.tools = {tool.name: tool for tool in spec.tools}
+        self.messages = list(spec.messages)
+        self.channel = Channel()
+        self.parts: list[str] = []  # every text delta delivered, across all model turns
+        self.turn_start = 0  # where the current model turn's text starts in ``parts``
+        self.pending = PendingCalls()
+        self.first_token_at: float | None = None
+        self.usage: ModelUsage | None = None
+        self.started_at = time.monotonic()
+        self.wall_started = int(time.time())
+        self.output: RunOutput | None = None
+        self.content_fields: dict[str, Any] = {
+            "event": RunEvent.run_content,
+            **self.common(),
+            "status": RunStatus.running,
+        }
+
+    def common(self) -> dict[str, Any]:
+        h = self.handle
+        return {
+            "run_id": h.run_id,
+            "agent_id": h.agent_id,
+            "agent_name": h.agent_name,
+            "session_id": h.session_id,
+        }
+
+    def emit(self, event: BaseRunEvent) -> None:
+        """Deliver a (non-hot-path) event; a consumer that has gone away cancels the run."""
+        if not self.channel.put(event):
+            self.handle.request_cancel(None, "consumer")
+
+    def add_usage(self, usage: ModelUsage | None) -> None:
+        if usage is None:
+            return
+        if self.usage is None:
+            self.usage = ModelUsage(0, 0, 0)
+        for name in ("input_tokens", "output_tokens", "total_tokens"):
+            value = getattr(usage, name)
+            if value is not None:
+                setattr(self.usage, name, (getattr(self.usage, name) or 0) + value)
+
+
+@dataclass
+class PendingCalls:
+    """The tool calls of the current turn: requested, started, and their outcomes so far."""
+
+    calls: list[ToolCall] = field(default_factory=list)
+    started: dict[str, float] = field(default_factory=dict)  # call id -> monotonic start
+    outcomes: dict[str, ToolOutcome] = field(default_factory=dict)
