@@ -11,7 +11,7 @@ Example::
             print(event.content, end="")
 """
 
-from ._agent import Agent
+from ._agent import Agent, RunOptions
 from ._messages import Message, ToolCall, ToolCallFunction
 from ._run import (
     BaseRunEvent,
@@ -71,6 +71,7 @@ __all__ = [
     "RunErrorEvent",
     "RunEvent",
     "RunMetrics",
+    "RunOptions",
     "RunOutput",
     "RunOutputEvent",
     "RunStartedEvent",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, overload
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TypedDict, Unpack, overload
 
 from ._ids import check_id, new_id, slug
 from ._messages import Message
@@ -26,15 +26,37 @@ from .models.base import Model
 from .tools._tool import Tool, as_tools
 
 
-@dataclass(frozen=True)
-class _RunOptions:
-    """The per-run options of ``arun``/``run``, kept together on their way to the run."""
+class RunOptions(TypedDict, total=False):
+    """The per-run keyword options of ``arun``/``run``, kept together on their way to the run.
 
+    - ``run_id``: choose the id yourself (so you can cancel before the first event);
+    - ``session_id``: groups the runs of one conversation;
+    - ``timeout``: a deadline in seconds (default: the agent's), ending in ``RunCancelled(source="timeout")``;
+    - ``history``: earlier messages to continue from, e.g. a previous ``RunOutput.messages``.
+    """
+
+    run_id: str | None
+    session_id: str | None
+    timeout: float | None
+    history: Sequence[Message] | None
+
+
+@dataclass(frozen=True)
+class _Options:
     run_id: str | None = None
     session_id: str | None = None
     timeout: float | None = None
     history: Sequence[Message] | None = None
     parent_run_id: str | None = None
+
+
+def _options(given: RunOptions) -> _Options:
+    unknown = set(given) - set(RunOptions.__annotations__)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown run option(s) {', '.join(sorted(unknown))}; use {', '.join(RunOptions.__annotations__)}"
+        )
+    return _Options(**given)
 
 
 class Agent:
@@ -89,51 +111,25 @@ class Agent:
 
     @overload
     def arun(
-        self,
-        input: str,
-        *,
-        stream: Literal[False] = False,
-        run_id: str | None = None,
-        session_id: str | None = None,
-        timeout: float | None = None,
-        history: Sequence[Message] | None = None,
+        self, input: str, *, stream: Literal[False] = False, **options: Unpack[RunOptions]
     ) -> Coroutine[Any, Any, RunOutput]: ...
     @overload
+    def arun(self, input: str, *, stream: Literal[True], **options: Unpack[RunOptions]) -> RunStream: ...
     def arun(
-        self,
-        input: str,
-        *,
-        stream: Literal[True],
-        run_id: str | None = None,
-        session_id: str | None = None,
-        timeout: float | None = None,
-        history: Sequence[Message] | None = None,
-    ) -> RunStream: ...
-    def arun(
-        self,
-        input: str,
-        *,
-        stream: bool = False,
-        run_id: str | None = None,
-        session_id: str | None = None,
-        timeout: float | None = None,
-        history: Sequence[Message] | None = None,
+        self, input: str, *, stream: bool = False, **options: Unpack[RunOptions]
     ) -> RunStream | Coroutine[Any, Any, RunOutput]:
         """Run the agent on ``input``.
 
         ``stream=True`` returns a :class:`RunStream` to ``async for`` over (no ``await``);
         otherwise ``await`` it for the :class:`RunOutput`. A cancelled or failed run returns its
-        output with that status; it does not raise. ``run_id`` may be chosen by the caller (so it can
-        cancel before the first event); ``session_id`` groups runs of one conversation; ``timeout``
-        (default: the agent's) ends the run with ``RunCancelled(source="timeout")``; ``history`` is
-        earlier messages to continue from (e.g. a previous ``RunOutput.messages``).
+        output with that status; it does not raise. The keyword options (``run_id``, ``session_id``,
+        ``timeout``, ``history``) are described in :class:`RunOptions`.
         """
-        options = _RunOptions(run_id, session_id, timeout, history)
         if stream:
-            return self._open(input, options)
-        return self._collect(input, options)
+            return self._open(input, _options(options))
+        return self._collect(input, _options(options))
 
-    async def _collect(self, input: str, options: _RunOptions) -> RunOutput:
+    async def _collect(self, input: str, options: _Options) -> RunOutput:
         return await self._open(input, options).collect()
 
     async def acancel_run(
@@ -151,47 +147,25 @@ class Agent:
 
     @overload
     def run(
-        self,
-        input: str,
-        *,
-        stream: Literal[False] = False,
-        run_id: str | None = None,
-        session_id: str | None = None,
-        timeout: float | None = None,
-        history: Sequence[Message] | None = None,
+        self, input: str, *, stream: Literal[False] = False, **options: Unpack[RunOptions]
     ) -> RunOutput: ...
     @overload
+    def run(self, input: str, *, stream: Literal[True], **options: Unpack[RunOptions]) -> SyncRunStream: ...
     def run(
-        self,
-        input: str,
-        *,
-        stream: Literal[True],
-        run_id: str | None = None,
-        session_id: str | None = None,
-        timeout: float | None = None,
-        history: Sequence[Message] | None = None,
-    ) -> SyncRunStream: ...
-    def run(
-        self,
-        input: str,
-        *,
-        stream: bool = False,
-        run_id: str | None = None,
-        session_id: str | None = None,
-        timeout: float | None = None,
-        history: Sequence[Message] | None = None,
+        self, input: str, *, stream: bool = False, **options: Unpack[RunOptions]
     ) -> SyncRunStream | RunOutput:
         """Blocking :meth:`arun`, usable from any thread (a background event loop runs the run).
 
         ``stream=True`` returns a plain iterator of events. An exception while waiting (e.g.
         ``KeyboardInterrupt``) cancels the run with ``source="outer"`` and propagates.
         """
+        chosen = _options(options)
         if stream:
-            return SyncRunStream(self._open(input, _RunOptions(run_id, session_id, timeout, history)))
-        run_id = check_id("run id", run_id) if run_id is not None else new_id()
-        options = _RunOptions(run_id, session_id, timeout, history)
+            return SyncRunStream(self._open(input, chosen))
+        run_id = check_id("run id", chosen.run_id) if chosen.run_id is not None else new_id()
+        chosen = replace(chosen, run_id=run_id)
         try:
-            return bridge.call(functools.partial(self._collect, input, options))
+            return bridge.call(functools.partial(self._collect, input, chosen))
         except BaseException:
             registry.cancel(run_id, source="outer", agent_id=self.id)
             raise
@@ -240,7 +214,7 @@ class Agent:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _open(self, input: str, options: _RunOptions) -> RunStream:
+    def _open(self, input: str, options: _Options) -> RunStream:
         if not isinstance(input, str):
             raise ConfigurationError(f"input must be a str (got {type(input).__name__})")
         run_id = check_id("run id", options.run_id) if options.run_id is not None else new_id()
@@ -269,7 +243,7 @@ class Agent:
 
 
 async def _ask_subagent(agent: Agent, input: str, context: RunContext) -> str:
-    output = await agent._open(input, _RunOptions(parent_run_id=context.run_id)).collect()
+    output = await agent._open(input, _Options(parent_run_id=context.run_id)).collect()
     if output.status is RunStatus.cancelled:
         raise ToolError(
             f"Cancelled: {output.cancel_reason or output.cancel_source or 'the sub-agent was stopped'}"

@@ -149,6 +149,8 @@ async def test_duplicate_and_invalid_ids_are_clear_errors() -> None:
         agent.arun("again", stream=True, run_id="dup")
     with pytest.raises(tether.ConfigurationError, match="invalid run id"):
         agent.arun("x", stream=True, run_id="has space")
+    with pytest.raises(tether.ConfigurationError, match="unknown run option.s. sesion_id; use run_id"):
+        agent.arun("x", stream=True, sesion_id="typo")  # type: ignore[call-overload]
     with pytest.raises(tether.ConfigurationError, match="input must be a str"):
         agent.arun(123, stream=True)  # type: ignore[call-overload]
     await stream.aclose()
