@@ -23,6 +23,7 @@ from ._run import (
 from ._sync import SyncRunStream, bridge
 from .exceptions import ConfigurationError, ToolError
 from .models.base import Model
+from .storage import Storage
 from .tools._tool import Tool, as_tools
 
 
@@ -73,6 +74,11 @@ class Agent:
     ``agent.id`` is the given ``id`` or derived from ``name`` (stable across processes).
     ``tools`` are plain functions (sync or async) or :class:`~tether.tools.Tool` objects; ``max_steps``
     bounds the model requests of one run; ``timeout`` is every run's deadline in seconds.
+
+    With ``storage`` every run is written as RUNNING when it starts and finalised when it ends, and a
+    run given a ``session_id`` continues that conversation: the session's earlier runs (the last
+    ``history_runs``, default all) are sent as history; cancelled partial answers are kept in it,
+    marked interrupted, unless ``keep_interrupted=False``.
     """
 
     def __init__(
@@ -86,6 +92,9 @@ class Agent:
         tools: Sequence[Tool | Callable[..., Any]] | None = None,
         max_steps: int = 20,
         timeout: float | None = None,
+        storage: Storage | None = None,
+        history_runs: int | None = None,
+        keep_interrupted: bool = True,
     ) -> None:
         if model is None:
             from .models.openai import OpenAIChat
@@ -103,6 +112,11 @@ class Agent:
         self.tools = as_tools(tools)
         self.max_steps = max_steps
         self.timeout = _check_timeout(timeout)
+        if storage is not None and not isinstance(storage, Storage):
+            raise ConfigurationError(f"storage must be a tether Storage (got {type(storage).__name__})")
+        self.storage = storage
+        self.history_runs = history_runs
+        self.keep_interrupted = keep_interrupted
 
     def __repr__(self) -> str:
         return f"Agent(id={self.id!r}, model={self.model.id!r})"
@@ -189,6 +203,32 @@ class Agent:
         """
         return registry.cancel(run_id, reason=reason, source="user", agent_id=self.id, mode=mode, grace=grace)
 
+    # -- stored runs ---------------------------------------------------------------------------
+
+    async def aget_run(self, run_id: str) -> RunOutput | None:
+        """This agent's stored run ``run_id`` (None if unknown or another agent's)."""
+        run = await self._storage().get_run(run_id)
+        return run if run is not None and run.agent_id == self.id else None
+
+    async def aget_session_runs(self, session_id: str) -> list[RunOutput]:
+        """This agent's stored runs of ``session_id``, oldest first."""
+        return await self._storage().list_runs(agent_id=self.id, session_id=session_id)
+
+    def get_run(self, run_id: str) -> RunOutput | None:
+        """Blocking :meth:`aget_run`."""
+        return bridge.call(functools.partial(self.aget_run, run_id))
+
+    def get_session_runs(self, session_id: str) -> list[RunOutput]:
+        """Blocking :meth:`aget_session_runs`."""
+        return bridge.call(functools.partial(self.aget_session_runs, session_id))
+
+    def _storage(self) -> Storage:
+        if self.storage is None:
+            raise ConfigurationError(
+                f"agent {self.id!r} has no storage: pass Agent(storage=SqliteStorage(...))"
+            )
+        return self.storage
+
     def as_tool(self, *, name: str | None = None, description: str | None = None) -> Tool:
         """This agent as a tool another agent can call (a sub-agent).
 
@@ -230,6 +270,10 @@ class Agent:
             messages=tuple(self._initial_messages(input, options.history)),
             tools=tuple(self.tools),
             max_steps=self.max_steps,
+            storage=self.storage,
+            continue_session=self.storage is not None and options.session_id is not None,
+            history_runs=self.history_runs,
+            keep_interrupted=self.keep_interrupted,
         )
         return RunStream(handle, functools.partial(RunState, spec=spec))
 
@@ -237,7 +281,9 @@ class Agent:
         system = "\n\n".join(part for part in [self.description or "", *self.instructions] if part)
         messages = [Message(role="system", content=system)] if system else []
         # An earlier run's system prompt is replaced by this agent's current one.
-        messages.extend(m for m in (history or ()) if m.role != "system")
+        messages.extend(
+            m.model_copy(update={"from_history": True}) for m in history or () if m.role != "system"
+        )
         messages.append(Message(role="user", content=input))
         return messages
 

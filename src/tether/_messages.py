@@ -28,7 +28,8 @@ class Message(BaseModel):
     """One message of a conversation.
 
     ``interrupted`` marks an assistant message whose generation was cancelled: its content is
-    the partial text. It is tether's own flag and is never sent to a provider.
+    the partial text. ``from_history`` marks a message a run was given from earlier runs (so a
+    session's history is not repeated). Both are tether's own flags, never sent to a provider.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -39,6 +40,7 @@ class Message(BaseModel):
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     interrupted: bool = Field(default=False)
+    from_history: bool = Field(default=False)
 
     def to_provider(self) -> dict[str, Any]:
         """This message as an OpenAI chat-completions message dict."""

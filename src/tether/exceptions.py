@@ -5,6 +5,7 @@
     TetherError
      ├── ConfigurationError        bad arguments or settings; raised at the call (also a ValueError)
      ├── MaxStepsExceededError     the model kept calling tools past ``max_steps``; ends the run in error
+     ├── StorageError              the run store failed: unreachable, corrupt, read-only, or a failed write
      ├── ToolError                 raise it in a tool to send the model a plain error message
      │    └── ToolCancelledError   raised by ``RunContext.raise_if_cancelled()`` in a cancelled run
      └── ModelError                the model provider failed; a run reports it as a RunError event
@@ -28,6 +29,7 @@ __all__ = [
     "ModelResponseError",
     "ModelStatusError",
     "ModelTimeoutError",
+    "StorageError",
     "TetherError",
     "ToolCancelledError",
     "ToolError",
@@ -44,6 +46,10 @@ class ConfigurationError(TetherError, ValueError):
 
 class MaxStepsExceededError(TetherError):
     """The model asked for tools in more consecutive steps than the agent's ``max_steps`` allows."""
+
+
+class StorageError(TetherError):
+    """The run store failed (unreachable, corrupt or read-only, or a write failed)."""
 
 
 class ToolError(TetherError):

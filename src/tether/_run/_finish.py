@@ -10,6 +10,7 @@ from .._messages import Message
 from ..exceptions import TetherError
 from ._events import BaseRunEvent, RunCancelledEvent, RunCompletedEvent, RunErrorEvent, RunStatus
 from ._output import RunMetrics, RunOutput
+from ._persist import persist
 from ._registry import registry
 from ._state import RunState
 from ._tool_phase import close_pending
@@ -17,14 +18,18 @@ from ._tool_phase import close_pending
 logger = logging.getLogger("tether.run")
 
 
-def finish(state: RunState, failure: BaseException | None) -> None:
-    """Decide the outcome, leave the registry, emit the terminal event, close the channel. No awaits."""
+async def finish(state: RunState, failure: BaseException | None) -> None:
+    """Decide the outcome, persist it, leave the registry, emit the terminal event, close the channel.
+
+    Runs after the run's cancel scope; the only await is the shielded, bounded final write.
+    """
     handle = state.handle
     status = handle.decide(failed=failure is not None)
     if failure is not None and not isinstance(failure, TetherError):
         logger.error("run %s failed", handle.run_id, exc_info=failure)
     _repair_history(state, status)
-    output = state.output = _build_output(state, status, failure)
+    output = state.output = snapshot(state, status, failure)
+    await persist(state)
     registry.unregister(handle)
     state.channel.put(_terminal_event(output))
     state.channel.send.close()
@@ -43,7 +48,8 @@ def _repair_history(state: RunState, status: RunStatus) -> None:
         close_pending(state, note)
 
 
-def _build_output(state: RunState, status: RunStatus, failure: BaseException | None) -> RunOutput:
+def snapshot(state: RunState, status: RunStatus, failure: BaseException | None = None) -> RunOutput:
+    """The run as a RunOutput with ``status`` (RUNNING for the row written at start)."""
     handle = state.handle
     metrics = RunMetrics(duration=time.monotonic() - state.started_at)
     if state.first_token_at is not None:
@@ -63,7 +69,7 @@ def _build_output(state: RunState, status: RunStatus, failure: BaseException | N
         model=state.spec.model.id,
         status=status,
         content="".join(state.parts),
-        messages=state.messages,
+        messages=list(state.messages),
         cancel_reason=handle.cancel_reason if cancelled else None,
         cancel_source=handle.cancel_source if cancelled else None,
         error=error,

@@ -15,6 +15,7 @@ from .._messages import Message
 from ..exceptions import MaxStepsExceededError
 from ._events import RunStartedEvent, RunStatus
 from ._finish import finish
+from ._persist import prepare
 from ._state import RunState
 from ._tool_phase import run_tool_calls
 from ._turn import stream_turn
@@ -29,15 +30,16 @@ async def execute(state: RunState) -> None:
             handle.attach(scope)
             state.emit(RunStartedEvent(**state.common(), status=RunStatus.running, model=state.spec.model.id))
             await checkpoint_if_cancelled()  # cancelled while pending: the model is never called
+            await prepare(state)
             await _run_steps(state)
     except Exception as exc:
         failure = exc
     except BaseException:
         # Cancelled from outside tether (loop shutdown, the task itself cancelled): record, re-raise.
         handle.request_cancel(None, "outer")
-        finish(state, None)
+        await finish(state, None)
         raise
-    finish(state, failure)
+    await finish(state, failure)
 
 
 async def _run_steps(state: RunState) -> None:

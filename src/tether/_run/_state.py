@@ -14,6 +14,7 @@ from ._handle import RunHandle
 from ._output import RunOutput
 
 if TYPE_CHECKING:
+    from ..storage import Storage
     from ..tools._execute import ToolOutcome
     from ..tools._tool import Tool
 
@@ -26,6 +27,10 @@ class RunSpec:
     messages: tuple[Message, ...]
     tools: tuple[Tool, ...] = ()
     max_steps: int = 20
+    storage: Storage | None = None
+    continue_session: bool = False  # load the session's earlier runs as history (storage needed)
+    history_runs: int | None = None  # how many earlier runs to load (None: all)
+    keep_interrupted: bool = True  # keep cancelled partial answers in the history
 
 
 class RunState:
@@ -42,6 +47,7 @@ class RunState:
         "pending",
         "spec",
         "started_at",
+        "stored",
         "tools",
         "turn_start",
         "usage",
@@ -62,6 +68,7 @@ class RunState:
         self.started_at = time.monotonic()
         self.wall_started = int(time.time())
         self.output: RunOutput | None = None
+        self.stored = False  # the RUNNING row was written
         self.content_fields: dict[str, Any] = {
             "event": RunEvent.run_content,
             **self.common(),

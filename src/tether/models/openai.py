@@ -16,6 +16,7 @@ import anyio
 import httpx2
 import openai
 
+from .._loopbound import LoopBound
 from .._messages import Message, ToolCall, ToolCallFunction
 from ..exceptions import (
     ConfigurationError,
@@ -25,7 +26,6 @@ from ..exceptions import (
     ModelStatusError,
     ModelTimeoutError,
 )
-from ._loopbound import LoopBound
 from .base import ModelDelta, ModelTurnEnd, ModelUsage, ToolSpec
 
 CLOSE_TIMEOUT = 2.0

@@ -1,0 +1,224 @@
+"""SqliteStorage: the embedded default run store (stdlib ``sqlite3`` off the event loop, WAL mode)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+from .._run._events import RunStatus
+from .._run._output import RunOutput
+from ..exceptions import StorageError
+from ._base import COLUMNS, CRASHED_ERROR, CRASHED_TYPE, SCHEMA_VERSION, from_row, to_row
+
+T = TypeVar("T")
+
+_HEADER = b"SQLite format 3\x00"
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS tether_runs (
+        run_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, agent_name TEXT, session_id TEXT,
+        parent_run_id TEXT, model TEXT, status TEXT NOT NULL, content TEXT NOT NULL DEFAULT '',
+        messages TEXT NOT NULL, cancel_reason TEXT, cancel_source TEXT, error TEXT, error_type TEXT,
+        metrics TEXT NOT NULL, created_at INTEGER NOT NULL, owner TEXT, updated_at REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS tether_runs_session ON tether_runs (session_id)",
+    "CREATE INDEX IF NOT EXISTS tether_runs_agent ON tether_runs (agent_id)",
+    "CREATE INDEX IF NOT EXISTS tether_runs_status ON tether_runs (status)",
+    "CREATE TABLE IF NOT EXISTS tether_owners (owner TEXT PRIMARY KEY, heartbeat_at REAL NOT NULL)",
+]
+_UPSERT = (
+    f"INSERT INTO tether_runs ({', '.join(COLUMNS)}, owner, updated_at) "
+    f"VALUES ({', '.join(':' + c for c in COLUMNS)}, :owner, :updated_at) "
+    f"ON CONFLICT (run_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in (*COLUMNS[1:], "owner", "updated_at"))
+)
+_REAP = """UPDATE tether_runs SET status = 'ERROR', error = ?, error_type = ?, owner = NULL, updated_at = ?
+    WHERE status = 'RUNNING' AND (owner IS NULL OR owner NOT IN
+        (SELECT owner FROM tether_owners WHERE heartbeat_at >= ?))
+    RETURNING run_id"""
+
+
+class SqliteStorage:
+    """Runs in a SQLite file: the embedded default. Safe for many concurrent runs and processes.
+
+    The constructor checks the file at once (no side effects): a file that is not a SQLite database,
+    or a read-only file or folder, is a :class:`~tether.exceptions.StorageError` right there.
+    Each process with live runs writes one heartbeat every ``heartbeat_interval`` seconds;
+    ``stale_after`` is how old (seconds) an owner's heartbeat may be before its RUNNING runs are
+    considered orphaned by a dead process and marked ERROR.
+
+    Example::
+
+        agent = Agent(model=model, storage=SqliteStorage("runs.db"))
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        heartbeat_interval: float = 5.0,
+        stale_after: float = 30.0,
+        busy_timeout: float = 10.0,
+    ) -> None:
+        self.path = Path(path)
+        self.heartbeat_interval = heartbeat_interval
+        self.stale_after = stale_after
+        self.busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        _check_file(self.path)
+
+    def __repr__(self) -> str:
+        return f"SqliteStorage({str(self.path)!r})"
+
+    async def open(self) -> None:
+        await self._run(lambda conn: None)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    async def start_run(self, output: RunOutput, owner: str) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(_UPSERT, {**to_row(output), "owner": owner, "updated_at": now})
+                _beat(conn, owner, now)
+
+        await self._run(write, f"could not write run {output.run_id}")
+
+    async def finish_run(self, output: RunOutput) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute(_UPSERT, {**to_row(output), "owner": None, "updated_at": time.time()})
+
+        await self._run(write, f"could not write run {output.run_id}")
+
+    async def get_run(self, run_id: str) -> RunOutput | None:
+        def read(conn: sqlite3.Connection) -> RunOutput | None:
+            row = conn.execute("SELECT * FROM tether_runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is not None and row["status"] == RunStatus.running.value:
+                _reap(conn, self.stale_after)
+                row = conn.execute("SELECT * FROM tether_runs WHERE run_id = ?", (run_id,)).fetchone()
+            return None if row is None else from_row(row)
+
+        return await self._run(read, f"could not read run {run_id}")
+
+    async def list_runs(
+        self,
+        *,
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        status: RunStatus | None = None,
+        limit: int | None = None,
+    ) -> list[RunOutput]:
+        filters = {"agent_id": agent_id, "session_id": session_id, "status": status.value if status else None}
+        where = " AND ".join(f"{name} = :{name}" for name, value in filters.items() if value is not None)
+        sql = f"SELECT * FROM tether_runs {'WHERE ' + where if where else ''} ORDER BY rowid DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+
+        def read(conn: sqlite3.Connection) -> list[RunOutput]:
+            return [from_row(row) for row in reversed(conn.execute(sql, filters).fetchall())]
+
+        return await self._run(read, "could not list runs")
+
+    async def heartbeat(self, owner: str) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            with conn:
+                _beat(conn, owner, time.time())
+
+        await self._run(write, "could not write the heartbeat")
+
+    async def reap(self, stale_after: float) -> list[str]:
+        return await self._run(lambda conn: _reap(conn, stale_after), "could not reconcile orphaned runs")
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _run(self, op: Callable[[sqlite3.Connection], T], what: str = "could not open") -> T:
+        return await anyio.to_thread.run_sync(self._locked, op, what)
+
+    def _locked(self, op: Callable[[sqlite3.Connection], T], what: str) -> T:
+        with self._lock:
+            try:
+                return op(self._conn or self._connect())
+            except sqlite3.Error as exc:
+                raise StorageError(f"{what} in SQLite file {self.path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        _check_file(self.path)
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, check_same_thread=False, isolation_level=None
+        )
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            _migrate(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+
+def _check_file(path: Path) -> None:
+    """Fail now, clearly, for a file that cannot work; create nothing."""
+    if path.is_dir():
+        raise StorageError(f"SQLite path {path} is a directory")
+    if path.exists():
+        with path.open("rb") as handle:
+            header = handle.read(len(_HEADER))
+        if header and header != _HEADER:
+            raise StorageError(f"{path} is not a SQLite database (corrupt, or another kind of file)")
+        if not os.access(path, os.W_OK):
+            raise StorageError(f"SQLite file {path} is read-only")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise StorageError(f"the folder of SQLite file {path} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StorageError(
+            f"the folder of SQLite file {path} is read-only (WAL mode needs to write beside it)"
+        )
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then see it done
+        conn.execute("CREATE TABLE IF NOT EXISTS tether_schema (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT max(version) FROM tether_schema").fetchone()
+        version = row[0] if row else None
+        if version is not None and version > SCHEMA_VERSION:
+            raise StorageError(
+                f"SQLite file {path} has tether schema version {version}, "
+                f"newer than this tether ({SCHEMA_VERSION}): upgrade tether"
+            )
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        if version is None:
+            conn.execute("INSERT INTO tether_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+
+
+def _beat(conn: sqlite3.Connection, owner: str, now: float) -> None:
+    conn.execute(
+        "INSERT INTO tether_owners (owner, heartbeat_at) VALUES (?, ?) "
+        "ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        (owner, now),
+    )
+
+
+def _reap(conn: sqlite3.Connection, stale_after: float) -> list[str]:
+    now = time.time()
+    with conn:
+        rows: list[Any] = conn.execute(
+            _REAP, (CRASHED_ERROR, CRASHED_TYPE, now, now - stale_after)
+        ).fetchall()
+    return [row[0] for row in rows]
