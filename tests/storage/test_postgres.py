@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -48,6 +50,22 @@ async def store(schema: str) -> AsyncIterator[PostgresStorage]:
     await storage.aclose()
 
 
+WORKER = """
+import sys, warnings
+from tether import Agent
+from tether.storage import PostgresStorage
+from tether.testing import ScriptedModel
+
+warnings.simplefilter("error")
+dsn, schema, mode = sys.argv[1:]
+storage = PostgresStorage(dsn, schema=schema, heartbeat_interval=0.1, stale_after=1.0)
+stall = 60 if mode == "hang" else 0
+model = ScriptedModel(["partial ", "done"], stall=stall, stall_at=1)
+agent = Agent(name="worker", model=model, storage=storage)
+print(agent.run("a job", run_id="w-1").status)  # the blocking call: the sync bridge's own loop
+"""
+
+
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -82,6 +100,20 @@ async def test_an_unreachable_server_fails_fast_naming_host_and_port() -> None:
     with pytest.raises(StorageError, match=f"127.0.0.1:{port}"):
         await store.get_run("any")  # every method opens lazily, and fails the same way
     await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_server_that_never_answers_times_out_instead_of_hanging() -> None:
+    with socket.socket() as silent:  # listens, so connections are accepted by the kernel, never served
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        store = PostgresStorage(f"postgresql://postgres@127.0.0.1:{port}/test", connect_timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(StorageError, match=f"127.0.0.1:{port}/test"):
+            await store.open()
+        assert time.monotonic() - started < 1.5
+        await store.aclose()
 
 
 @pytest.mark.anyio
@@ -255,18 +287,18 @@ async def test_two_loops_at_once_each_get_their_own_pool(store: PostgresStorage)
 @pytest.mark.anyio
 async def test_another_process_sees_a_run_and_reaps_it_once_its_owner_stops_beating(schema: str) -> None:
     alive = PostgresStorage(POSTGRES_DSN, schema=schema)
-    watcher = PostgresStorage(POSTGRES_DSN, schema=schema, stale_after=0.3)
+    watcher = PostgresStorage(POSTGRES_DSN, schema=schema, stale_after=0.6)
     try:
         await alive.start_run(run("r1"), owner="proc-a")
         seen = await watcher.get_run("r1")
         assert seen is not None and seen.status is RunStatus.running
-        await anyio.sleep(0.2)
+        await anyio.sleep(0.4)
         await alive.heartbeat("proc-a")  # still beating: nothing to reap
-        await anyio.sleep(0.2)
-        assert await watcher.reap(stale_after=0.3) == []
+        await anyio.sleep(0.4)
+        assert await watcher.reap(stale_after=0.6) == []
         seen = await watcher.get_run("r1")
         assert seen is not None and seen.status is RunStatus.running
-        await anyio.sleep(0.4)  # proc-a has stopped beating
+        await anyio.sleep(0.8)  # proc-a has stopped beating
         seen = await watcher.get_run("r1")  # reads reap first
         assert seen is not None
         assert (seen.status, seen.error, seen.error_type) == (RunStatus.error, CRASHED_ERROR, CRASHED_TYPE)
@@ -285,3 +317,54 @@ async def test_a_run_whose_owner_has_no_heartbeat_row_is_stale(schema: str, stor
     assert await store.reap(stale_after=3600) == ["r1"]
     [row] = await sql(f"SELECT owner FROM \"{schema}\".tether_runs WHERE run_id = 'r1'")
     assert row["owner"] is None
+
+
+async def wait_for_status(store: PostgresStorage, status: RunStatus, within: float) -> RunStatus | None:
+    deadline = time.monotonic() + within
+    seen = None
+    while time.monotonic() < deadline:
+        found = await store.get_run("w-1")
+        seen = found.status if found else None
+        if seen is status:
+            break
+        await anyio.sleep(0.05)
+    return seen
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_a_killed_worker_process_leaves_no_run_stuck_at_running(schema: str) -> None:
+    worker = await anyio.open_process([sys.executable, "-c", WORKER, POSTGRES_DSN, schema, "hang"])
+    observer = PostgresStorage(POSTGRES_DSN, schema=schema, stale_after=1.0)
+    try:
+        assert await wait_for_status(observer, RunStatus.running, 15) is RunStatus.running
+        await anyio.sleep(1.5)  # longer than stale_after: the live worker's heartbeat keeps its run
+        assert await wait_for_status(observer, RunStatus.running, 0.1) is RunStatus.running
+        worker.kill()  # SIGKILL: no cleanup, no final write
+        with anyio.fail_after(5):
+            await worker.wait()
+        assert await wait_for_status(observer, RunStatus.error, 5) is RunStatus.error
+        found = await observer.get_run("w-1")
+        assert found is not None and (found.error, found.error_type) == (CRASHED_ERROR, CRASHED_TYPE)
+        assert [m.content for m in found.messages] == ["a job"]
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+        await worker.aclose()
+        await observer.aclose()
+
+
+def test_a_blocking_run_in_a_worker_process_is_stored_and_exits_cleanly() -> None:
+    name = asyncio.run(postgres_schema())
+    try:
+        done = subprocess.run(
+            [sys.executable, "-W", "error", "-c", WORKER, POSTGRES_DSN, name, "finish"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "COMPLETED", "")
+        [row] = asyncio.run(sql(f'SELECT status, owner, content FROM "{name}".tether_runs'))
+        assert tuple(row) == ("COMPLETED", None, "partial done")
+    finally:
+        asyncio.run(drop_schema(name))

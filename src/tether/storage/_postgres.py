@@ -54,8 +54,9 @@ class PostgresStorage:
     ``schema`` must exist or be creatable; the tables are created (or migrated) on first open.
     Each event loop that uses the store gets its own pool of ``min_size``..``max_size``
     connections, closed by :meth:`aclose` or when that loop shuts down, so one store can serve
-    your loop and the sync bridge's. ``stale_after`` is how old (seconds, by the database clock)
-    an owner's heartbeat may be before its RUNNING runs count as orphaned by a dead process.
+    your loop and the sync bridge's. Each process with live runs writes one heartbeat every
+    ``heartbeat_interval`` seconds; ``stale_after`` is how old (seconds, by the database clock) an
+    owner's heartbeat may be before its RUNNING runs count as orphaned by a dead process.
 
     Example::
 
@@ -71,6 +72,7 @@ class PostgresStorage:
         max_size: int = 10,
         connect_timeout: float = 5.0,
         command_timeout: float = 10.0,
+        heartbeat_interval: float = 5.0,
         stale_after: float = 30.0,
     ) -> None:
         if not _IDENTIFIER.fullmatch(schema):
@@ -81,9 +83,10 @@ class PostgresStorage:
             raise ConfigurationError(
                 f"need 0 <= min_size <= max_size and max_size >= 1, got {min_size}, {max_size}"
             )
-        if connect_timeout <= 0 or command_timeout <= 0 or stale_after < 0:
-            raise ConfigurationError("connect_timeout and command_timeout must be > 0, stale_after >= 0")
+        if min(connect_timeout, command_timeout, heartbeat_interval) <= 0 or stale_after < 0:
+            raise ConfigurationError("timeouts and heartbeat_interval must be > 0, stale_after >= 0")
         self.schema = schema
+        self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
         self.min_size, self.max_size = min_size, max_size
         self.connect_timeout, self.command_timeout = connect_timeout, command_timeout
@@ -344,6 +347,8 @@ def _describe(dsn: str) -> str:
     """``host:port/database`` of a DSN, for messages; never the user's password."""
     try:
         parts = urlsplit(dsn)
+        if parts.scheme not in ("postgresql", "postgres"):
+            return "(not a postgresql:// DSN)"
         query = parse_qs(parts.query)
         hosts = parts.netloc.rpartition("@")[2] or query.get("host", ["localhost"])[0]
         if "," not in hosts and not re.search(r":\d+$", hosts):

@@ -14,7 +14,7 @@ import anyio
 
 from .._run._events import RunStatus
 from .._run._output import RunOutput
-from ..exceptions import StorageError
+from ..exceptions import ConfigurationError, StorageError
 from ._base import COLUMNS, CRASHED_ERROR, CRASHED_TYPE, SCHEMA_VERSION, from_row, to_row
 
 T = TypeVar("T")
@@ -120,6 +120,8 @@ class SqliteStorage:
         status: RunStatus | None = None,
         limit: int | None = None,
     ) -> list[RunOutput]:
+        if limit is not None and limit < 0:
+            raise ConfigurationError(f"limit must be >= 0 (got {limit})")
         filters = {"agent_id": agent_id, "session_id": session_id, "status": status.value if status else None}
         where = " AND ".join(f"{name} = :{name}" for name, value in filters.items() if value is not None)
         sql = f"SELECT * FROM tether_runs {'WHERE ' + where if where else ''} ORDER BY rowid DESC"
