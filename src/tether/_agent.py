@@ -33,11 +33,13 @@ class RunOptions(TypedDict, total=False):
     - ``run_id``: choose the id yourself (so you can cancel before the first event);
     - ``session_id``: groups the runs of one conversation;
     - ``timeout``: a deadline in seconds (default: the agent's), ending in ``RunCancelled(source="timeout")``;
-    - ``history``: earlier messages to continue from, e.g. a previous ``RunOutput.messages``.
+    - ``history``: earlier messages to continue from, e.g. a previous ``RunOutput.messages``;
+    - ``user_id``: who the run is for, recorded on the output and in storage.
     """
 
     run_id: str | None
     session_id: str | None
+    user_id: str | None
     timeout: float | None
     history: Sequence[Message] | None
 
@@ -46,6 +48,7 @@ class RunOptions(TypedDict, total=False):
 class _Options:
     run_id: str | None = None
     session_id: str | None = None
+    user_id: str | None = None
     timeout: float | None = None
     history: Sequence[Message] | None = None
     parent_run_id: str | None = None
@@ -263,7 +266,13 @@ class Agent:
         )
         timeout = _check_timeout(options.timeout) if options.timeout is not None else self.timeout
         handle = RunHandle(
-            run_id, self.id, self.name, session_id, parent_run_id=options.parent_run_id, timeout=timeout
+            run_id,
+            self.id,
+            self.name,
+            session_id,
+            parent_run_id=options.parent_run_id,
+            timeout=timeout,
+            user_id=options.user_id,
         )
         spec = RunSpec(
             model=self.model,

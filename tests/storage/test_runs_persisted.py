@@ -228,3 +228,27 @@ async def test_a_store_failing_at_start_ends_the_run_with_a_clear_error(tmp_path
     out = await Agent(model=ScriptedModel(), storage=storage).arun("go")
     assert out.status is RunStatus.error and out.error_type == "StorageError"
     assert "is not a SQLite database" in (out.error or "")
+
+
+async def test_a_version_1_file_is_migrated_and_keeps_its_runs(tmp_path: Path) -> None:
+    from tether.storage._sqlite import _MIGRATIONS
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute("CREATE TABLE tether_schema (version INTEGER NOT NULL)")
+        old.execute("INSERT INTO tether_schema VALUES (1)")
+        for statement in _MIGRATIONS[1]:
+            old.execute(statement)
+        old.execute(
+            "INSERT INTO tether_runs (run_id, agent_id, status, content, messages, metrics, created_at, "
+            "updated_at) VALUES ('old-run', 'a', 'COMPLETED', 'kept', '[]', '{}', 1700000000, 0)"
+        )
+    storage = SqliteStorage(path)
+    run = await storage.get_run("old-run")
+    assert run is not None and (run.content, run.user_id, run.status) == ("kept", None, RunStatus.completed)
+    agent = Agent(name="a", model=ScriptedModel(["new"]), storage=storage)
+    out = await agent.arun("hi", user_id="ann", run_id="new-run")
+    assert (await agent.aget_run("new-run")) == out and out.user_id == "ann"
+    with sqlite3.connect(path) as check:
+        assert check.execute("SELECT version FROM tether_schema").fetchall() == [(2,)]
+    await storage.aclose()

@@ -65,6 +65,7 @@ def snapshot(state: RunState, status: RunStatus, failure: BaseException | None =
     cancelled = status is RunStatus.cancelled
     return RunOutput(
         **state.common(),
+        user_id=handle.user_id,
         parent_run_id=handle.parent_run_id,
         model=state.spec.model.id,
         status=status,

@@ -17,6 +17,7 @@ import anyio
 
 from ..exceptions import ConfigurationError
 from ._events import CancelSource, RunStatus
+from ._output import RunOutput
 
 CancelMode = Literal["immediate", "after_turn"]
 MODES = ("immediate", "after_turn")
@@ -48,9 +49,11 @@ class RunHandle:
         "parent_run_id",
         "run_id",
         "session_id",
+        "snapshot",
         "status",
         "task",
         "timeout",
+        "user_id",
     )
 
     def __init__(
@@ -62,13 +65,16 @@ class RunHandle:
         *,
         parent_run_id: str | None = None,
         timeout: float | None = None,
+        user_id: str | None = None,
     ) -> None:
         self.run_id = run_id
         self.agent_id = agent_id
         self.agent_name = agent_name
         self.session_id = session_id
         self.parent_run_id = parent_run_id
+        self.user_id = user_id
         self.timeout = timeout
+        self.snapshot: Callable[[], RunOutput] | None = None  # the live output, once the run started
         self.status = RunStatus.pending
         self.cancel_requested = False
         self.interrupting = False

@@ -31,6 +31,7 @@ class RunOutput(BaseModel):
     agent_id: str
     agent_name: str | None = None
     session_id: str | None = None
+    user_id: str | None = None
     parent_run_id: str | None = None
     model: str | None = None
     status: RunStatus

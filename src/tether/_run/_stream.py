@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from types import TracebackType
 
 import anyio
 
 from ._events import TERMINAL_EVENT_TYPES, BaseRunEvent
+from ._finish import snapshot
 from ._handle import RunHandle
 from ._loop import execute
 from ._output import RunOutput
@@ -140,6 +142,7 @@ class RunStream:
 
     def _start(self) -> RunState:
         state = self._state = self._make_state(self.handle)
+        self.handle.snapshot = functools.partial(_live_output, state)
         self.handle.done = anyio.Event()
         self.handle.task = asyncio.get_running_loop().create_task(
             execute(state), name=f"tether-run-{self.run_id}"
@@ -169,3 +172,7 @@ class RunStream:
         self.handle.request_cancel(None, "outer")
         await self._wait_done()
         self._close_channel()
+
+
+def _live_output(state: RunState) -> RunOutput:
+    return state.output or snapshot(state, state.handle.status)

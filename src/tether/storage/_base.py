@@ -17,7 +17,7 @@ from .._messages import Message
 from .._run._events import RunStatus
 from .._run._output import RunMetrics, RunOutput
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bump with a migration step in every backend when the schema changes."""
 
 CRASHED_ERROR = "worker exited while the run was active"
@@ -93,6 +93,7 @@ COLUMNS = (
     "agent_id",
     "agent_name",
     "session_id",
+    "user_id",
     "parent_run_id",
     "model",
     "status",
@@ -114,6 +115,7 @@ def to_row(output: RunOutput) -> dict[str, Any]:
         "agent_id": output.agent_id,
         "agent_name": output.agent_name,
         "session_id": output.session_id,
+        "user_id": output.user_id,
         "parent_run_id": output.parent_run_id,
         "model": output.model,
         "status": output.status.value,
@@ -137,6 +139,7 @@ def from_row(row: Any) -> RunOutput:
         agent_id=row["agent_id"],
         agent_name=row["agent_name"],
         session_id=row["session_id"],
+        user_id=row["user_id"],
         parent_run_id=row["parent_run_id"],
         model=row["model"],
         status=RunStatus(row["status"]),

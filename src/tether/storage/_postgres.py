@@ -323,6 +323,7 @@ class _Queries:
                 f"""CREATE TABLE IF NOT EXISTS {owners} (
                     owner TEXT PRIMARY KEY, heartbeat_at DOUBLE PRECISION NOT NULL)""",
             ],
+            2: [f"ALTER TABLE {runs} ADD COLUMN IF NOT EXISTS user_id TEXT"],
         }
 
 

@@ -20,7 +20,8 @@ from ._base import COLUMNS, CRASHED_ERROR, CRASHED_TYPE, SCHEMA_VERSION, from_ro
 T = TypeVar("T")
 
 _HEADER = b"SQLite format 3\x00"
-_SCHEMA = [
+_MIGRATIONS: dict[int, list[str]] = {}
+_MIGRATIONS[1] = [
     """CREATE TABLE IF NOT EXISTS tether_runs (
         run_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, agent_name TEXT, session_id TEXT,
         parent_run_id TEXT, model TEXT, status TEXT NOT NULL, content TEXT NOT NULL DEFAULT '',
@@ -31,6 +32,7 @@ _SCHEMA = [
     "CREATE INDEX IF NOT EXISTS tether_runs_status ON tether_runs (status)",
     "CREATE TABLE IF NOT EXISTS tether_owners (owner TEXT PRIMARY KEY, heartbeat_at REAL NOT NULL)",
 ]
+_MIGRATIONS[2] = ["ALTER TABLE tether_runs ADD COLUMN user_id TEXT"]
 _UPSERT = (
     f"INSERT INTO tether_runs ({', '.join(COLUMNS)}, owner, updated_at) "
     f"VALUES ({', '.join(':' + c for c in COLUMNS)}, :owner, :updated_at) "
@@ -203,9 +205,11 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
                 f"SQLite file {path} has tether schema version {version}, "
                 f"newer than this tether ({SCHEMA_VERSION}): upgrade tether"
             )
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        if version is None:
+        for step in range((version or 0) + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[step]:
+                conn.execute(statement)
+        if (version or 0) < SCHEMA_VERSION:
+            conn.execute("DELETE FROM tether_schema")
             conn.execute("INSERT INTO tether_schema (version) VALUES (?)", (SCHEMA_VERSION,))
 
 
