@@ -36,6 +36,7 @@ from ._run import (
 )
 from ._sync import SyncRunStream
 from .exceptions import (
+    APIError,
     ConfigurationError,
     MaxStepsExceededError,
     ModelConnectionError,
@@ -53,6 +54,7 @@ from .tools import Tool, tool
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "APIError",
     "Agent",
     "BaseRunEvent",
     "CancelMode",

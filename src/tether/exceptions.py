@@ -3,6 +3,7 @@
 ::
 
     TetherError
+     ├── APIError                  a call to a tether server failed (``status_code``, ``error_code``)
      ├── ConfigurationError        bad arguments or settings; raised at the call (also a ValueError)
      ├── MaxStepsExceededError     the model kept calling tools past ``max_steps``; ends the run in error
      ├── StorageError              the run store failed: unreachable, corrupt, read-only, or a failed write
@@ -22,6 +23,7 @@ A run never raises these from ``await agent.arun()``: it ends with status ``ERRO
 from __future__ import annotations
 
 __all__ = [
+    "APIError",
     "ConfigurationError",
     "MaxStepsExceededError",
     "ModelConnectionError",
@@ -38,6 +40,16 @@ __all__ = [
 
 class TetherError(Exception):
     """Base class of every tether error."""
+
+
+class APIError(TetherError):
+    """A call to a tether server failed: an error answer, or no answer (``status_code`` None)."""
+
+    def __init__(self, detail: str, *, status_code: int | None = None, error_code: str | None = None) -> None:
+        super().__init__(f"{detail} (HTTP {status_code}, {error_code})" if status_code else detail)
+        self.detail = detail
+        self.status_code = status_code
+        self.error_code = error_code
 
 
 class ConfigurationError(TetherError, ValueError):

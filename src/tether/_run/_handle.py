@@ -90,6 +90,12 @@ class RunHandle:
         self._grace: float | None = None
         self._timers: list[asyncio.TimerHandle] = []
 
+    def done_event(self) -> anyio.Event:
+        """Set when the run has ended. Create and wait on it only in the run's own event loop."""
+        if self.done is None:
+            self.done = anyio.Event()
+        return self.done
+
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
         """The event loop the run's task lives on (None until it starts)."""

@@ -143,7 +143,7 @@ class RunStream:
     def _start(self) -> RunState:
         state = self._state = self._make_state(self.handle)
         self.handle.snapshot = functools.partial(_live_output, state)
-        self.handle.done = anyio.Event()
+        self.handle.done_event()
         self.handle.task = asyncio.get_running_loop().create_task(
             execute(state), name=f"tether-run-{self.run_id}"
         )

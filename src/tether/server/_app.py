@@ -1,0 +1,101 @@
+"""``create_app``: the FastAPI app serving agents over HTTP, Agno AgentOS-compatible."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import Depends, FastAPI
+
+from .. import __version__
+from .._agent import Agent
+from .._run import registry
+from .._wire import Health
+from ..exceptions import ConfigurationError
+from ..storage import Storage, storage_from_url
+from . import _errors, _routes
+from ._auth import require_key
+from ._sse import DisconnectPolicy
+from ._state import ServerState
+
+logger = logging.getLogger("tether.server")
+
+SHUTDOWN_WAIT = 10.0
+DEFAULT_STORAGE_URL = "sqlite:///tether.db"
+
+
+def create_app(
+    agents: Agent | Sequence[Agent],
+    *,
+    storage: Storage | None = None,
+    security_key: str | None = None,
+    on_disconnect: DisconnectPolicy = "cancel",
+) -> FastAPI:
+    """A FastAPI app serving ``agents``; the cancel operation follows Agno AgentOS.
+
+    ``storage`` defaults to ``TETHER_STORAGE_URL`` or a SQLite file ``tether.db``; agents without a
+    store of their own use it. ``security_key`` (default ``TETHER_SECURITY_KEY``) makes every route
+    but ``/health`` require ``Authorization: Bearer <key>``. ``on_disconnect``: ``"cancel"`` stops a
+    streaming run whose client went away (``source="consumer"``); ``"continue"`` lets it finish.
+
+    Example::
+
+        app = create_app([agent], storage=SqliteStorage("runs.db"), security_key="s3cret")
+        # uvicorn module:app, or: tether serve module:agent
+    """
+    chosen = [agents] if isinstance(agents, Agent) else list(agents)
+    if not chosen or not all(isinstance(agent, Agent) for agent in chosen):
+        raise ConfigurationError("create_app needs one or more tether Agents")
+    if len({agent.id for agent in chosen}) != len(chosen):
+        raise ConfigurationError("two agents have the same id; give each a distinct id=")
+    if on_disconnect not in ("cancel", "continue"):
+        raise ConfigurationError(f"on_disconnect must be 'cancel' or 'continue' (got {on_disconnect!r})")
+    store = storage or storage_from_url(os.environ.get("TETHER_STORAGE_URL", DEFAULT_STORAGE_URL))
+    for agent in chosen:
+        if agent.storage is None:
+            agent.storage = store
+    key = security_key if security_key is not None else os.environ.get("TETHER_SECURITY_KEY") or None
+    state = ServerState.of(chosen, store, on_disconnect)
+
+    app = FastAPI(title="tether", version=__version__, lifespan=_lifespan(state))
+    app.state.tether = state
+    _errors.install(app)
+
+    @app.get("/health", tags=["Health"], response_model=Health)
+    async def health() -> Health:
+        return Health()
+
+    # Security is declared (and enforced) only when a key is set, so the spec says what the server does.
+    auth = [Depends(require_key(key))] if key else []
+    app.include_router(_routes.build(state), dependencies=auth)
+    return app
+
+
+def _lifespan(state: ServerState):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stores = {id(s): s for s in [state.storage, *(a.storage for a in state.agents.values() if a.storage)]}
+        for store in stores.values():
+            await store.open()  # a clear error at start-up, not a hang mid-run
+        try:
+            yield
+        finally:
+            await shutdown_runs(state)
+            for store in stores.values():
+                await store.aclose()
+
+    return lifespan
+
+
+async def shutdown_runs(state: ServerState) -> None:
+    """Cancel the app's live runs (``source="shutdown"``) and wait, bounded, until they are stored."""
+    handles = [h for h in registry.handles() if h.agent_id in state.agents]
+    for handle in handles:
+        handle.request_cancel("server shutting down", "shutdown")
+    with anyio.move_on_after(SHUTDOWN_WAIT, shield=True):
+        for handle in handles:
+            if handle.done is not None:
+                await handle.done.wait()

@@ -1,0 +1,59 @@
+"""Reading a request body as JSON, urlencoded or multipart form, within a size limit."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from .._wire import MAX_BODY_BYTES
+from ._errors import HTTPProblem, describe_errors
+
+M = TypeVar("M", bound=BaseModel)
+FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+async def read(request: Request, model: type[M], *, required: bool = True) -> M:
+    """Parse the body into ``model``; every problem is a 422 with a readable detail."""
+    data = await _fields(request, required=required)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise HTTPProblem(422, describe_errors(exc.errors())) from exc
+
+
+async def _fields(request: Request, *, required: bool) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        raise HTTPProblem(422, f"request body too large (at most {MAX_BODY_BYTES} bytes)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise HTTPProblem(422, f"request body too large (at most {MAX_BODY_BYTES} bytes)")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not body and not required:
+        return {}
+    if kind == "application/json":
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise HTTPProblem(422, f"body is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise HTTPProblem(422, "body must be a JSON object")
+        return data
+    if kind in FORMS:
+        request._body = bytes(body)  # let Starlette's form parser read what we already read
+        try:
+            form = await request.form()
+        except Exception as exc:  # python-multipart's parse errors
+            raise HTTPProblem(422, f"body is not a valid form: {exc}") from exc
+        try:
+            return {key: value for key, value in form.items() if isinstance(value, str)}
+        finally:
+            await form.close()  # uploaded files (which we ignore) are temporary files
+    raise HTTPProblem(
+        422, "Content-Type must be application/json, application/x-www-form-urlencoded or multipart/form-data"
+    )

@@ -1,0 +1,218 @@
+"""The HTTP routes: agents, runs (start, stream, cancel, read, list) and sessions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse
+
+from .._agent import Agent
+from .._ids import ID_PATTERN
+from .._run import RunHandle, RunOutput, RunStatus, registry
+from .._wire import AgentInfo, CancelRequest, CancelResult, RunRequest
+from ..exceptions import ConfigurationError, StorageError
+from . import _body
+from ._errors import HTTPProblem, logger, responses
+from ._sse import EventStreamResponse
+from ._state import ServerState
+
+AgentId = Annotated[str, Path(pattern=ID_PATTERN.pattern, description="The agent's id")]
+RunId = Annotated[str, Path(pattern=ID_PATTERN.pattern, description="The run's id")]
+SessionId = Annotated[str, Path(pattern=ID_PATTERN.pattern, description="The session's id")]
+
+RUN_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            kind: {"schema": RunRequest.model_json_schema()}
+            for kind in ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
+        },
+    }
+}
+CANCEL_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            kind: {"schema": CancelRequest.model_json_schema()}
+            for kind in ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
+        },
+    }
+}
+STREAM_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A RunOutput, or with stream=true a text/event-stream of run events",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def build(state: ServerState) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/agents", tags=["Agents"], response_model=list[AgentInfo], responses=responses(401, 500))
+    async def list_agents() -> list[AgentInfo]:
+        return [AgentInfo(id=a.id, name=a.name, description=a.description) for a in state.agents.values()]
+
+    @router.get(
+        "/agents/{agent_id}",
+        tags=["Agents"],
+        response_model=AgentInfo,
+        responses=responses(401, 404, 422, 500),
+    )
+    async def get_agent(agent_id: AgentId) -> AgentInfo:
+        agent = state.agent(agent_id)
+        return AgentInfo(id=agent.id, name=agent.name, description=agent.description)
+
+    @router.post(
+        "/agents/{agent_id}/runs",
+        tags=["Agents"],
+        summary="Create Agent Run",
+        operation_id="create_agent_run",
+        response_model=RunOutput,
+        responses={**STREAM_DOC, **responses(400, 401, 404, 422, 500, d404="Agent not found")},
+        openapi_extra=RUN_BODY,
+    )
+    async def create_run(agent_id: AgentId, request: Request) -> Any:
+        agent = state.agent(agent_id)
+        body = await _body.read(request, RunRequest)
+        if body.run_id is not None:
+            await _check_unused(state, body.run_id)
+        try:
+            stream = agent.arun(
+                body.message,
+                stream=True,
+                run_id=body.run_id,
+                session_id=body.session_id,
+                user_id=body.user_id,
+            )
+        except ConfigurationError as exc:
+            raise HTTPProblem(400 if "already in use" in str(exc) else 422, str(exc)) from exc
+        if body.stream:
+            return EventStreamResponse(stream, state.relays, state.on_disconnect)
+        return JSONResponse((await stream.collect()).model_dump(mode="json"))
+
+    @router.post(
+        "/agents/{agent_id}/runs/{run_id}/cancel",
+        tags=["Agents"],
+        summary="Cancel Agent Run",
+        description="Cancel a currently executing agent run. The run stops at once (or after its current "
+        'turn with mode="after_turn"), keeps its partial content, and is stored as CANCELLED.',
+        operation_id="cancel_agent_run",
+        response_model=CancelResult,
+        responses=responses(400, 401, 404, 422, 500, d404="Agent not found", d500="Failed to cancel run"),
+        openapi_extra=CANCEL_BODY,
+    )
+    async def cancel_run(
+        agent_id: AgentId,
+        run_id: RunId,
+        request: Request,
+        wait: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for the run to end")] = 5.0,
+    ) -> CancelResult:
+        agent = state.agent(agent_id)
+        body = await _body.read(request, CancelRequest, required=False)
+        handle = registry.get(run_id)
+        if handle is not None and handle.agent_id == agent.id:
+            try:
+                accepted = agent.cancel_run(run_id, body.reason, mode=body.mode, grace=body.grace)
+            except Exception as exc:
+                logger.exception("cancelling run %s failed", run_id, exc_info=exc)
+                raise HTTPProblem(500, "Failed to cancel run") from exc
+            if accepted:
+                await _wait_ended(handle, wait)
+                return CancelResult(run_id=run_id, agent_id=agent.id, status=handle.status)
+        stored = await _stored(state, agent, run_id, failure="Failed to cancel run")
+        if stored is None or stored.status.is_active:
+            raise HTTPProblem(404, "Run not found")
+        raise HTTPProblem(400, f"Run {run_id} has already ended with status {stored.status.value}")
+
+    @router.get(
+        "/agents/{agent_id}/runs/{run_id}",
+        tags=["Agents"],
+        response_model=RunOutput,
+        responses=responses(401, 404, 422, 500),
+    )
+    async def get_run(agent_id: AgentId, run_id: RunId) -> RunOutput:
+        agent = state.agent(agent_id)
+        handle = registry.get(run_id)
+        if handle is not None and handle.agent_id == agent.id:
+            return _live(handle)
+        stored = await _stored(state, agent, run_id, failure="Failed to read run")
+        if stored is None:
+            raise HTTPProblem(404, "Run not found")
+        return stored
+
+    @router.get(
+        "/agents/{agent_id}/runs",
+        tags=["Agents"],
+        response_model=list[RunOutput],
+        responses=responses(401, 404, 422, 500),
+    )
+    async def list_runs(
+        agent_id: AgentId,
+        status: RunStatus | None = None,
+        session_id: Annotated[str | None, Query(pattern=ID_PATTERN.pattern)] = None,
+        limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+    ) -> list[RunOutput]:
+        agent = state.agent(agent_id)
+        return await _list(state, agent_id=agent.id, status=status, session_id=session_id, limit=limit)
+
+    @router.get(
+        "/sessions/{session_id}/runs",
+        tags=["Sessions"],
+        response_model=list[RunOutput],
+        responses=responses(401, 422, 500),
+    )
+    async def session_runs(session_id: SessionId) -> list[RunOutput]:
+        runs = await _list(state, session_id=session_id)
+        return [run for run in runs if run.agent_id in state.agents]
+
+    return router
+
+
+async def _check_unused(state: ServerState, run_id: str) -> None:
+    if registry.get(run_id) is not None:
+        raise HTTPProblem(400, f"run id {run_id!r} is already in use by an active run")
+    try:
+        stored = await state.storage.get_run(run_id)
+    except StorageError as exc:
+        raise HTTPProblem(500, "Failed to read run") from exc
+    if stored is not None:
+        raise HTTPProblem(400, f"run id {run_id!r} is already used by a stored run")
+
+
+async def _stored(state: ServerState, agent: Agent, run_id: str, *, failure: str) -> RunOutput | None:
+    try:
+        stored = await state.storage.get_run(run_id)
+    except StorageError as exc:
+        logger.error("reading run %s failed: %s", run_id, exc)
+        raise HTTPProblem(500, failure) from exc
+    return stored if stored is not None and stored.agent_id == agent.id else None
+
+
+async def _list(state: ServerState, **filters: Any) -> list[RunOutput]:
+    try:
+        return await state.storage.list_runs(**filters)
+    except StorageError as exc:
+        logger.error("listing runs failed: %s", exc)
+        raise HTTPProblem(500, "Failed to list runs") from exc
+
+
+async def _wait_ended(handle: RunHandle, wait: float) -> None:
+    """Wait up to ``wait`` seconds for the run to end (it may not have started yet)."""
+    with anyio.move_on_after(wait):
+        await handle.done_event().wait()
+
+
+def _live(handle: RunHandle) -> RunOutput:
+    if handle.snapshot is not None:
+        return handle.snapshot()
+    return RunOutput(
+        run_id=handle.run_id,
+        agent_id=handle.agent_id,
+        agent_name=handle.agent_name,
+        session_id=handle.session_id,
+        user_id=handle.user_id,
+        status=handle.status,
+    )
