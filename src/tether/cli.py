@@ -1,9 +1,10 @@
-"""The ``tether`` command: ``tether demo`` and ``tether run "PROMPT"``.
+"""The ``tether`` command: ``tether demo``, ``tether run "PROMPT"`` and ``tether serve [MODULE:ATTR]``.
 
 ``tether run`` streams the answer to the terminal; Ctrl-C stops the run gracefully, prints what
 was kept and the final status, and exits 130. ``tether demo`` is the "Stop button" scenario: a
 streaming run that another thread cancels after a few seconds. Both run offline (on the built-in
-loopback model) when no ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` is set.
+loopback model) when no ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` is set. ``tether serve`` serves agents
+over HTTP (see ``tether.server._serve``); SIGTERM or Ctrl-C cancels its live runs and exits 0.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .models.openai import OpenAIChat
 from .testing import demo_model
 
 EXIT_INTERRUPTED = 130
+EXIT_USAGE = 2
 DEMO_PROMPT = (
     "Write a very long story about a dragon who learns to code. "
     "Make it at least 2000 words with detailed descriptions and dialogue."
@@ -35,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args.cancel_after)
+    if args.command == "serve":
+        return _serve(args)
     return _run(args)
 
 
@@ -49,7 +53,56 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--base-url", default=None, help="an OpenAI-compatible endpoint (Ollama, vLLM, ...)")
     run.add_argument("--api-key", default=None)
     run.add_argument("--instructions", default=None)
+    _serve_parser(commands.add_parser("serve", help="serve agents over HTTP (SIGTERM cancels live runs)"))
     return parser
+
+
+def _serve_parser(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "target",
+        nargs="?",
+        default=None,
+        metavar="MODULE:ATTR",
+        help="an Agent, a list of Agents, or an app from create_app (default: a demo agent)",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=7777)
+    serve.add_argument("--workers", type=_positive, default=1, metavar="N", help="worker processes")
+    serve.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="sqlite:///path or postgresql://... (default: $TETHER_STORAGE_URL, else sqlite:///tether.db)",
+    )
+    serve.add_argument(
+        "--security-key",
+        default=None,
+        metavar="KEY",
+        help="require Authorization: Bearer KEY (default: $TETHER_SECURITY_KEY)",
+    )
+    serve.add_argument(
+        "--on-disconnect",
+        choices=("cancel", "continue"),
+        default=None,
+        help="what a streaming run does when its client goes away (default: cancel)",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:  # fastapi and uvicorn come with the optional server extra
+        from .server._serve import ServeSettings, serve
+    except ModuleNotFoundError as exc:
+        _say(f"tether serve needs the server extra (pip install 'tether[server]'): {exc}")
+        return EXIT_USAGE
+    settings = ServeSettings(args.target, args.storage, args.security_key, args.on_disconnect)
+    return serve(settings, host=args.host, port=args.port, workers=args.workers)
 
 
 def _run(args: argparse.Namespace) -> int:
