@@ -49,8 +49,15 @@ STREAM_DOC: dict[int | str, dict[str, Any]] = {
 
 
 def build(state: ServerState) -> APIRouter:
+    """All the routes that need auth (``/health`` lives on the app)."""
     router = APIRouter()
+    _agent_routes(router, state)
+    _run_routes(router, state)
+    _read_routes(router, state)
+    return router
 
+
+def _agent_routes(router: APIRouter, state: ServerState) -> None:
     @router.get("/agents", tags=["Agents"], response_model=list[AgentInfo], responses=responses(401, 500))
     async def list_agents() -> list[AgentInfo]:
         return [AgentInfo(id=a.id, name=a.name, description=a.description) for a in state.agents.values()]
@@ -65,6 +72,8 @@ def build(state: ServerState) -> APIRouter:
         agent = state.agent(agent_id)
         return AgentInfo(id=agent.id, name=agent.name, description=agent.description)
 
+
+def _run_routes(router: APIRouter, state: ServerState) -> None:
     @router.post(
         "/agents/{agent_id}/runs",
         tags=["Agents"],
@@ -127,6 +136,8 @@ def build(state: ServerState) -> APIRouter:
             raise HTTPProblem(404, "Run not found")
         raise HTTPProblem(400, f"Run {run_id} has already ended with status {stored.status.value}")
 
+
+def _read_routes(router: APIRouter, state: ServerState) -> None:
     @router.get(
         "/agents/{agent_id}/runs/{run_id}",
         tags=["Agents"],
@@ -167,8 +178,6 @@ def build(state: ServerState) -> APIRouter:
     async def session_runs(session_id: SessionId) -> list[RunOutput]:
         runs = await _list(state, session_id=session_id)
         return [run for run in runs if run.agent_id in state.agents]
-
-    return router
 
 
 async def _check_unused(state: ServerState, run_id: str) -> None:
