@@ -22,6 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/stream_throughput.py
 	$(BIN)/python bench/cancel_latency.py
+	$(BIN)/python bench/cross_worker_cancel.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples bench

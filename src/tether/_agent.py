@@ -20,6 +20,7 @@ from ._run import (
     RunStream,
     registry,
 )
+from ._run._registry import acancel_anywhere, cancel_anywhere
 from ._sync import SyncRunStream, bridge
 from .exceptions import ConfigurationError, ToolError
 from .models.base import Model
@@ -158,7 +159,7 @@ class Agent:
         grace: float | None = None,
     ) -> bool:
         """Cancel this agent's run ``run_id``; True iff it is active. See :meth:`cancel_run`."""
-        return self.cancel_run(run_id, reason, mode=mode, grace=grace)
+        return await acancel_anywhere(run_id, reason=reason, mode=mode, grace=grace, agent_id=self.id)
 
     # -- sync ----------------------------------------------------------------------------------
 
@@ -202,9 +203,10 @@ class Agent:
         ``mode="immediate"`` interrupts whatever the run awaits; ``mode="after_turn"`` lets the
         current model response and its tool calls finish and stops before the next model request;
         ``grace`` (seconds) escalates a graceful stop to immediate. The run ends with one
-        ``RunCancelled`` event (``source="user"``); live sub-agent runs are cancelled first.
+        ``RunCancelled`` event (``source="user"``); live sub-agent runs are cancelled first. A run owned by
+        another process is cancelled through the attached remote canceller (``source="remote"``).
         """
-        return registry.cancel(run_id, reason=reason, source="user", agent_id=self.id, mode=mode, grace=grace)
+        return cancel_anywhere(run_id, reason=reason, mode=mode, grace=grace, agent_id=self.id)
 
     # -- stored runs ---------------------------------------------------------------------------
 

@@ -35,12 +35,13 @@ class Bridge:
         self._lock = threading.Lock()
         self._portal: BlockingPortal | None = None
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = 0
         self._atexit = False
 
     def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn()`` on the bridge loop and wait for its result."""
-        portal = self._get_portal()
+        portal = self.portal()
         if threading.current_thread() is self._thread:
             raise ConfigurationError(
                 "a blocking tether call (agent.run) was made from tether's own event loop thread; "
@@ -48,18 +49,26 @@ class Bridge:
             )
         return portal.call(_await, fn)
 
-    def _get_portal(self) -> BlockingPortal:
+    def portal(self) -> BlockingPortal:
+        """The portal to the background loop (started on first use)."""
         with self._lock:
             if self._portal is None or self._pid != os.getpid():
                 self._start()
             assert self._portal is not None
             return self._portal
 
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The background event loop (started on first use)."""
+        self.portal()
+        assert self._loop is not None
+        return self._loop
+
     def _start(self) -> None:
         ready = threading.Event()
         holder: list[BlockingPortal] = []
 
         async def serve() -> None:
+            self._loop = asyncio.get_running_loop()
             async with BlockingPortal() as portal:
                 holder.append(portal)
                 ready.set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -86,6 +87,12 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
         default=None,
         help="what a streaming run does when its client goes away (default: cancel)",
     )
+    serve.add_argument(
+        "--redis-url",
+        default=None,
+        metavar="URL",
+        help="cancel runs across workers and hosts through Redis (default: $TETHER_REDIS_URL)",
+    )
 
 
 def _positive(text: str) -> int:
@@ -101,6 +108,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         _say(f"tether serve needs the server extra (pip install 'tether[server]'): {exc}")
         return EXIT_USAGE
+    if args.redis_url:
+        os.environ["TETHER_REDIS_URL"] = args.redis_url  # read by create_app, in every worker too
     settings = ServeSettings(args.target, args.storage, args.security_key, args.on_disconnect)
     return serve(settings, host=args.host, port=args.port, workers=args.workers)
 

@@ -6,6 +6,7 @@
      ├── APIError                  a call to a tether server failed (``status_code``, ``error_code``)
      ├── ConfigurationError        bad arguments or settings; raised at the call (also a ValueError)
      ├── MaxStepsExceededError     the model kept calling tools past ``max_steps``; ends the run in error
+     ├── RemoteCancelError         a cancel for a run in another process could not be delivered (Redis down)
      ├── StorageError              the run store failed: unreachable, corrupt, read-only, or a failed write
      ├── ToolError                 raise it in a tool to send the model a plain error message
      │    └── ToolCancelledError   raised by ``RunContext.raise_if_cancelled()`` in a cancelled run
@@ -31,6 +32,7 @@ __all__ = [
     "ModelResponseError",
     "ModelStatusError",
     "ModelTimeoutError",
+    "RemoteCancelError",
     "StorageError",
     "TetherError",
     "ToolCancelledError",
@@ -58,6 +60,10 @@ class ConfigurationError(TetherError, ValueError):
 
 class MaxStepsExceededError(TetherError):
     """The model asked for tools in more consecutive steps than the agent's ``max_steps`` allows."""
+
+
+class RemoteCancelError(TetherError):
+    """A cancel for a run owned by another process could not be delivered (e.g. Redis is down)."""
 
 
 class StorageError(TetherError):

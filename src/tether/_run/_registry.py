@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from ..exceptions import ConfigurationError
 from ._events import CancelSource
 from ._handle import CancelMode, RunHandle, check_mode
+
+if TYPE_CHECKING:
+    from ..distributed._protocol import Remote
 
 
 class RunRegistry:
@@ -15,6 +19,7 @@ class RunRegistry:
     def __init__(self) -> None:
         self._runs: dict[str, RunHandle] = {}
         self._lock = threading.Lock()
+        self.remote: Remote | None = None  # cross-process cancellation, when attached
 
     def register(self, handle: RunHandle) -> None:
         with self._lock:
@@ -24,6 +29,8 @@ class RunRegistry:
             parent = self._runs.get(handle.parent_run_id) if handle.parent_run_id else None
         if parent is not None:
             parent.add_child(handle)
+        if self.remote is not None:
+            self.remote.run_registered(handle)
 
     def unregister(self, handle: RunHandle) -> None:
         with self._lock:
@@ -32,6 +39,8 @@ class RunRegistry:
             parent = self._runs.get(handle.parent_run_id) if handle.parent_run_id else None
         if parent is not None:
             parent.remove_child(handle)
+        if self.remote is not None:
+            self.remote.run_unregistered(handle)
 
     def get(self, run_id: str) -> RunHandle | None:
         with self._lock:
@@ -83,7 +92,46 @@ def cancel_run(
         if tether.cancel_run(run_id, reason="user pressed stop"):
             ...
     """
-    return registry.cancel(run_id, reason=reason, source="user", mode=mode, grace=grace)
+    return cancel_anywhere(run_id, reason=reason, mode=mode, grace=grace)
+
+
+def cancel_anywhere(
+    run_id: str,
+    *,
+    reason: str | None,
+    mode: CancelMode = "immediate",
+    grace: float | None = None,
+    agent_id: str | None = None,
+) -> bool:
+    """Cancel a run here if it lives here, else (blocking, bounded) through the attached remote."""
+    if registry.get(run_id) is not None or registry.remote is None:
+        return registry.cancel(run_id, reason=reason, agent_id=agent_id, mode=mode, grace=grace)
+    from .._sync import bridge
+    from ..distributed._protocol import RemoteOutcome
+
+    remote = registry.remote
+    outcome = bridge.call(
+        lambda: remote.cancel(run_id, agent_id=agent_id, reason=reason, mode=mode, grace=grace)
+    )
+    return outcome is RemoteOutcome.cancelled
+
+
+async def acancel_anywhere(
+    run_id: str,
+    *,
+    reason: str | None,
+    mode: CancelMode = "immediate",
+    grace: float | None = None,
+    agent_id: str | None = None,
+) -> bool:
+    """:func:`cancel_anywhere` for async code: the remote round trip is awaited, not blocked on."""
+    if registry.get(run_id) is not None or registry.remote is None:
+        return registry.cancel(run_id, reason=reason, agent_id=agent_id, mode=mode, grace=grace)
+    from ..distributed._protocol import RemoteOutcome
+
+    check_mode(mode, grace)
+    outcome = await registry.remote.cancel(run_id, agent_id=agent_id, reason=reason, mode=mode, grace=grace)
+    return outcome is RemoteOutcome.cancelled
 
 
 def active_runs() -> list[str]:

@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio
 from fastapi import Depends, FastAPI
@@ -21,6 +22,9 @@ from ._auth import require_key
 from ._sse import DisconnectPolicy
 from ._state import ServerState
 
+if TYPE_CHECKING:
+    from ..distributed import RedisCancellation
+
 logger = logging.getLogger("tether.server")
 
 SHUTDOWN_WAIT = 10.0
@@ -33,6 +37,7 @@ def create_app(
     storage: Storage | None = None,
     security_key: str | None = None,
     on_disconnect: DisconnectPolicy = "cancel",
+    redis_url: str | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``agents``; the cancel operation follows Agno AgentOS.
 
@@ -40,6 +45,8 @@ def create_app(
     store of their own use it. ``security_key`` (default ``TETHER_SECURITY_KEY``) makes every route
     but ``/health`` require ``Authorization: Bearer <key>``. ``on_disconnect``: ``"cancel"`` stops a
     streaming run whose client went away (``source="consumer"``); ``"continue"`` lets it finish.
+    ``redis_url`` (default ``TETHER_REDIS_URL``; key prefix ``TETHER_REDIS_PREFIX``, default ``tether:``)
+    lets a cancel reach a run owned by another worker process.
 
     Example::
 
@@ -59,8 +66,9 @@ def create_app(
             agent.storage = store
     key = security_key if security_key is not None else os.environ.get("TETHER_SECURITY_KEY") or None
     state = ServerState.of(chosen, store, on_disconnect)
+    redis = redis_url or os.environ.get("TETHER_REDIS_URL") or None
 
-    app = FastAPI(title="tether", version=__version__, lifespan=_lifespan(state))
+    app = FastAPI(title="tether", version=__version__, lifespan=_lifespan(state, redis))
     app.state.tether = state
     _errors.install(app)
 
@@ -74,20 +82,35 @@ def create_app(
     return app
 
 
-def _lifespan(state: ServerState):  # type: ignore[no-untyped-def]
+def _lifespan(state: ServerState, redis_url: str | None):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stores = {id(s): s for s in [state.storage, *(a.storage for a in state.agents.values() if a.storage)]}
         for store in stores.values():
             await store.open()  # a clear error at start-up, not a hang mid-run
+        remote = await _attach_remote(redis_url)
         try:
             yield
         finally:
             await shutdown_runs(state)
+            if remote is not None:
+                await remote.adetach()
             for store in stores.values():
                 await store.aclose()
 
     return lifespan
+
+
+async def _attach_remote(redis_url: str | None) -> RedisCancellation | None:
+    if redis_url is None:
+        return None
+    if registry.remote is not None:
+        logger.info("a remote canceller is already attached in this process; using it")
+        return None
+    from ..distributed import RedisCancellation
+
+    prefix = os.environ.get("TETHER_REDIS_PREFIX", "tether:")
+    return await RedisCancellation(redis_url, prefix=prefix).aattach()
 
 
 async def shutdown_runs(state: ServerState) -> None:

@@ -12,7 +12,8 @@ from .._agent import Agent
 from .._ids import ID_PATTERN
 from .._run import RunHandle, RunOutput, RunStatus, registry
 from .._wire import AgentInfo, CancelRequest, CancelResult, RunRequest
-from ..exceptions import ConfigurationError, StorageError
+from ..distributed._protocol import RemoteOutcome
+from ..exceptions import ConfigurationError, RemoteCancelError, StorageError
 from . import _body
 from ._errors import HTTPProblem, logger, responses
 from ._sse import EventStreamResponse
@@ -131,6 +132,10 @@ def _run_routes(router: APIRouter, state: ServerState) -> None:
             if accepted:
                 await _wait_ended(handle, wait)
                 return CancelResult(run_id=run_id, agent_id=agent.id, status=handle.status)
+        elif registry.remote is not None:
+            status = await _cancel_remote(state, agent.id, run_id, body, wait)
+            if status is not None:
+                return CancelResult(run_id=run_id, agent_id=agent.id, status=status)
         stored = await _stored(state, agent, run_id, failure="Failed to cancel run")
         if stored is None or stored.status.is_active:
             raise HTTPProblem(404, "Run not found")
@@ -178,6 +183,30 @@ def _read_routes(router: APIRouter, state: ServerState) -> None:
     async def session_runs(session_id: SessionId) -> list[RunOutput]:
         runs = await _list(state, session_id=session_id)
         return [run for run in runs if run.agent_id in state.agents]
+
+
+async def _cancel_remote(
+    state: ServerState, agent_id: str, run_id: str, body: CancelRequest, wait: float
+) -> RunStatus | None:
+    """Cancel a run another worker owns; its status after up to ``wait`` s, or None if it is not live."""
+    assert registry.remote is not None
+    try:
+        outcome = await registry.remote.cancel(
+            run_id, agent_id=agent_id, reason=body.reason, mode=body.mode, grace=body.grace
+        )
+    except RemoteCancelError as exc:
+        logger.error("cancelling run %s through Redis failed: %s", run_id, exc)
+        raise HTTPProblem(500, "Failed to cancel run") from exc
+    if outcome is not RemoteOutcome.cancelled:
+        return None
+    status = RunStatus.running
+    with anyio.move_on_after(wait):
+        while status.is_active:  # the run ends in another process: watch its stored row
+            stored = await state.storage.get_run(run_id)
+            status = stored.status if stored is not None else status
+            if status.is_active:
+                await anyio.sleep(0.02)
+    return status
 
 
 async def _check_unused(state: ServerState, run_id: str) -> None:

@@ -1,0 +1,101 @@
+"""Cross-worker cancel latency through Redis, next to in-process cancel latency, over HTTP.
+
+Two ``tether serve`` processes share Redis and a SQLite file. A run streams from server A; the cancel
+goes to A itself (in-process) or to server B (cross-worker, delivered through Redis). Measured: the
+POST cancel is sent -> the stream from A delivers ``RunCancelled``. Needs Redis (TETHER_REDIS_URL).
+
+    .venv/bin/python bench/cross_worker_cancel.py [TRIALS]
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import date
+from pathlib import Path
+
+import httpx
+
+REDIS = os.environ.get("TETHER_REDIS_URL", "redis://127.0.0.1:6379/0")
+MODULE = """
+from tether import Agent
+from tether.testing import ScriptedModel
+slow = Agent(name="Slow", model=ScriptedModel([f"w{i} " for i in range(100000)], delay=0.05))
+"""
+
+
+def start(folder: Path, prefix: str) -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "tether", "serve", "bench_agents:slow", "--port", str(port),
+               "--storage", f"sqlite:///{folder / 'runs.db'}", "--redis-url", REDIS]  # fmt: skip
+    env = {**os.environ, "TETHER_REDIS_PREFIX": prefix}
+    proc = subprocess.Popen(
+        command, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(400):
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError("tether serve did not start")
+
+
+def trial(streamer: httpx.Client, canceller: httpx.Client) -> float:
+    run_id = uuid.uuid4().hex
+    with streamer.stream("POST", "/agents/slow/runs", data={"message": "go", "run_id": run_id}) as response:
+        lines = response.iter_lines()
+        for line in lines:
+            if line.startswith("event: RunContent"):
+                break
+        sent = time.perf_counter()
+        canceller.post(f"/agents/slow/runs/{run_id}/cancel?wait=0")
+        for line in lines:
+            if line.startswith("event: RunCancelled"):
+                return time.perf_counter() - sent
+    raise AssertionError("no RunCancelled")
+
+
+def figures(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1e3, ordered[int(0.99 * (len(ordered) - 1))] * 1e3
+
+
+def main(trials: int) -> None:
+    folder = Path(tempfile.mkdtemp())
+    (folder / "bench_agents.py").write_text(MODULE)
+    prefix = f"tether-bench-{uuid.uuid4().hex[:8]}:"
+    (a, url_a), (b, url_b) = start(folder, prefix), start(folder, prefix)
+    try:
+        with (
+            httpx.Client(base_url=url_a, timeout=30) as client_a,
+            httpx.Client(base_url=url_b, timeout=30) as client_b,
+        ):
+            local = [trial(client_a, client_a) for _ in range(trials)]
+            remote = [trial(client_a, client_b) for _ in range(trials)]
+    finally:
+        for proc in (a, b):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
+    (l50, l99), (r50, r99) = figures(local), figures(remote)
+    print(f"cancel over HTTP, {trials} trials; {platform.node()}, {os.cpu_count()} cores, {date.today()}")
+    print(f"{'path':<14}{'p50':>10}{'p99':>10}")
+    print(f"{'in-process':<14}{l50:>8.2f}ms{l99:>8.2f}ms")
+    print(
+        f"{'cross-worker':<14}{r50:>8.2f}ms{r99:>8.2f}ms   ({r50 / l50:.2f}x / {r99 / l99:.2f}x in-process)"
+    )
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100)

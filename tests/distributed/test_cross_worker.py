@@ -1,0 +1,154 @@
+"""Stop a run from any worker: real ``tether serve`` processes sharing the machine's Redis."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ..server.test_serve import ENV, Served, _wait_up, sse
+from .conftest import free_port
+
+MODULE = """
+from tether import Agent
+from tether.testing import ScriptedModel
+
+slow = Agent(name="Slow", model=ScriptedModel([f"word{i} " for i in range(3000)], delay=0.01))
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "remote_agents.py").write_text(MODULE)
+    return tmp_path
+
+
+@contextmanager
+def serving(cwd: Path, *args: str, env: dict[str, str]) -> Iterator[Served]:
+    port = free_port()
+    log_path = cwd / f"serve-{port}.log"
+    with log_path.open("wb") as log:
+        command = [sys.executable, "-W", "error", "-m", "tether", "serve", *args, "--port", str(port)]
+        proc = subprocess.Popen(
+            command, cwd=cwd, env={**ENV, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        served = Served(proc, port, log_path)
+        try:
+            _wait_up(served)
+            yield served
+        finally:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+def settings(project: Path, redis_url: str, prefix: str) -> tuple[list[str], dict[str, str]]:
+    args = ["remote_agents:slow", "--storage", f"sqlite:///{project / 'runs.db'}", "--redis-url", redis_url]
+    return args, {"TETHER_REDIS_PREFIX": prefix}
+
+
+def stream_until_content(client: httpx.Client, run_id: str) -> tuple[httpx.Response, Iterator, list[str]]:  # type: ignore[type-arg]
+    request = client.build_request("POST", "/agents/slow/runs", data={"message": "go", "run_id": run_id})
+    response = client.send(request, stream=True)
+    assert response.status_code == 200, response.read()
+    frames = sse(response)
+    deltas: list[str] = []
+    for name, data in frames:
+        if name == "RunContent":
+            deltas.append(data["content"])
+            break
+    return response, frames, deltas
+
+
+def finish(response: httpx.Response, frames: Iterator, deltas: list[str]) -> dict:  # type: ignore[type-arg]
+    last: dict = {}  # type: ignore[type-arg]
+    for name, data in frames:
+        if name == "RunContent":
+            deltas.append(data["content"])
+        last = data
+    response.close()
+    return last
+
+
+@pytest.mark.timeout(90)
+def test_a_run_streamed_by_one_server_is_cancelled_through_another(
+    project: Path, redis_url: str, prefix: str
+) -> None:
+    args, env = settings(project, redis_url, prefix)
+    with (
+        serving(project, *args, env=env) as first,
+        serving(project, *args, env=env) as second,
+        httpx.Client(base_url=first.url, timeout=30) as a,
+        httpx.Client(base_url=second.url, timeout=30) as b,
+    ):
+        response, frames, deltas = stream_until_content(a, "cross-1")
+        started = time.perf_counter()
+        answer = b.post("/agents/slow/runs/cross-1/cancel", json={"reason": "stopped elsewhere"})
+        elapsed = time.perf_counter() - started
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"run_id": "cross-1", "agent_id": "slow", "status": "CANCELLED"}
+        assert elapsed < 2
+        last = finish(response, frames, deltas)
+        assert last["event"] == "RunCancelled"
+        assert (last["source"], last["reason"]) == ("remote", "stopped elsewhere")
+        assert last["content"] == "".join(deltas) and deltas[0] == "word0 "
+        # The run has ended: through either server, a second cancel is a 400 naming the status.
+        for client in (a, b):
+            again = client.post("/agents/slow/runs/cross-1/cancel")
+            assert again.status_code == 400 and "CANCELLED" in again.json()["detail"]
+        missing = b.post("/agents/slow/runs/no-such-run/cancel")
+        assert (missing.status_code, missing.json()["detail"]) == (404, "Run not found")
+
+
+@pytest.mark.timeout(180)
+def test_fifty_runs_cancelled_through_random_workers_all_end_cancelled(
+    project: Path, redis_url: str, prefix: str
+) -> None:
+    args, env = settings(project, redis_url, prefix)
+    rng = random.Random(7)
+
+    def one(index: int) -> tuple[int, str, str]:
+        with (
+            httpx.Client(base_url=server.url, timeout=30) as streamer,
+            httpx.Client(base_url=server.url) as canceller,
+        ):
+            run_id = f"many-{index}"
+            response, frames, deltas = stream_until_content(streamer, run_id)
+            time.sleep(rng.random() * 0.05)
+            answer = canceller.post(f"/agents/slow/runs/{run_id}/cancel", headers={"Connection": "close"})
+            last = finish(response, frames, deltas)
+            assert last["content"] == "".join(deltas)
+            return answer.status_code, answer.json().get("status", ""), last["event"]
+
+    with serving(project, *args, "--workers", "4", env=env) as server, ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(one, range(50)))
+    assert results == [(200, "CANCELLED", "RunCancelled")] * 50
+
+
+@pytest.mark.timeout(60)
+def test_redis_down_runs_work_and_a_remote_cancel_fails_fast(project: Path, prefix: str) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    args, env = settings(project, dead, prefix)
+    with serving(project, *args, env=env) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        response, frames, deltas = stream_until_content(client, "local-1")
+        assert client.post("/agents/slow/runs/local-1/cancel").json()["status"] == "CANCELLED"
+        assert finish(response, frames, deltas)["event"] == "RunCancelled"
+        started = time.perf_counter()
+        remote = client.post("/agents/slow/runs/owned-elsewhere/cancel")
+        assert time.perf_counter() - started < 2
+        assert remote.status_code == 500
+        assert remote.json() == {"detail": "Failed to cancel run", "error_code": "INTERNAL_SERVER_ERROR"}

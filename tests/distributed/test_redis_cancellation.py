@@ -1,0 +1,174 @@
+"""Cross-process cancellation in the library: a real worker process owns the run; we cancel it by id."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import anyio
+import pytest
+import redis
+
+import tether
+from tether import Agent, RemoteCancelError, RunEvent, RunStatus
+from tether._run import registry
+from tether.distributed import RedisCancellation
+from tether.testing import ScriptedModel
+
+from .conftest import ThrowawayRedis, free_port
+
+pytestmark = pytest.mark.anyio
+
+OWNER = """
+import sys, json
+from tether import Agent
+from tether.distributed import RedisCancellation
+from tether.testing import ScriptedModel
+
+url, prefix = sys.argv[1:]
+RedisCancellation(url, prefix=prefix, heartbeat_interval=0.2).attach()
+agent = Agent(name="worker", model=ScriptedModel([f"w{i} " for i in range(500)], delay=0.01))
+for event in agent.run("go", stream=True, run_id="owned-1"):
+    print(json.dumps(event.model_dump(mode="json")), flush=True)
+"""
+
+
+@pytest.fixture
+def attached(redis_url: str, prefix: str) -> Iterator[RedisCancellation]:
+    remote = RedisCancellation(redis_url, prefix=prefix, heartbeat_interval=0.2).attach()
+    yield remote
+    remote.detach()
+
+
+def test_cancel_a_run_owned_by_another_process(
+    redis_url: str, prefix: str, attached: RedisCancellation
+) -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-W", "error", "-c", OWNER, redis_url, prefix], stdout=subprocess.PIPE, text=True
+    )
+    assert owner.stdout is not None
+    try:
+        events = [json.loads(owner.stdout.readline()) for _ in range(4)]  # started + 3 chunks
+        assert events[0]["event"] == "RunStarted" and events[-1]["event"] == "RunContent"
+        assert registry.get("owned-1") is None, "the run lives in the other process"
+        assert tether.cancel_run("owned-1", reason="from another process") is True
+        rest = [json.loads(line) for line in owner.stdout]
+        assert owner.wait(10) == 0
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+        owner.stdout.close()
+    terminal = rest[-1]
+    assert terminal["event"] == "RunCancelled"
+    assert (terminal["source"], terminal["reason"]) == ("remote", "from another process")
+    delivered = "".join(e["content"] for e in events + rest if e["event"] == "RunContent")
+    assert terminal["content"] == delivered
+    assert tether.cancel_run("owned-1") is False, "ended: no live run has that id"
+    assert tether.cancel_run("never-existed") is False
+    assert Agent(name="other", model=ScriptedModel()).cancel_run("owned-1") is False
+
+
+async def test_no_redis_command_per_streamed_chunk(
+    redis_url: str, prefix: str, attached: RedisCancellation
+) -> None:
+    counter = redis.Redis.from_url(redis_url)
+
+    def commands() -> int:
+        stats = counter.info("commandstats")
+        return sum(int(value["calls"]) for value in stats.values())
+
+    async def run_with(chunks: int) -> int:
+        agent = Agent(name="counted", model=ScriptedModel([f"c{i} " for i in range(chunks)]))
+        before = commands()
+        out = await agent.arun("go")
+        await anyio.sleep(0.1)  # let the registration commands land
+        assert out.status is RunStatus.completed and len(out.content.split()) == chunks
+        return commands() - before - 1  # our own INFO call
+
+    small, large = await run_with(20), await run_with(2000)
+    assert large <= small + 3, f"{large} commands for 2000 chunks vs {small} for 20"
+    assert large <= 12
+    counter.close()
+
+
+async def test_a_lost_message_is_not_lost_the_durable_marker_stops_the_run(
+    redis_url: str, prefix: str, attached: RedisCancellation
+) -> None:
+    agent = Agent(name="marked", model=ScriptedModel(["a ", "b "], stall=30, stall_at=1))
+    stream = agent.arun("go", stream=True, run_id="marked-1")
+    writer = redis.Redis.from_url(redis_url)
+    async for event in stream:
+        if event.event == RunEvent.run_content:
+            request = {
+                "id": "lost-request",
+                "run_id": "marked-1",
+                "agent_id": "marked",
+                "reason": "lost in transit",
+            }
+            writer.set(
+                f"{prefix}marker:marked-1", json.dumps({**request, "mode": "immediate", "grace": None})
+            )
+    writer.close()
+    out = stream.output
+    assert out is not None and (out.status, out.cancel_source, out.cancel_reason) == (
+        RunStatus.cancelled,
+        "remote",
+        "lost in transit",
+    )
+
+
+async def test_redis_down_runs_and_local_cancels_work_remote_cancel_fails_fast(prefix: str) -> None:
+    remote = RedisCancellation(f"redis://127.0.0.1:{free_port()}/0", prefix=prefix, heartbeat_interval=0.2)
+    await remote.aattach()
+    try:
+        agent = Agent(name="offline", model=ScriptedModel([f"w{i} " for i in range(50)], delay=0.01))
+        stream = agent.arun("go", stream=True)
+        async for event in stream:
+            if event.event == RunEvent.run_content:
+                assert await agent.acancel_run(stream.run_id, reason="local") is True
+        assert stream.output is not None and stream.output.cancel_reason == "local"
+        started = time.monotonic()
+        with pytest.raises(RemoteCancelError, match="could not reach Redis"):
+            await agent.acancel_run("elsewhere-1")
+        assert time.monotonic() - started < 2
+        assert (await agent.arun("again")).status is RunStatus.completed
+    finally:
+        await remote.adetach()
+
+
+async def test_live_runs_are_registered_again_when_redis_comes_back(prefix: str) -> None:
+    server = ThrowawayRedis().start()
+    remote = RedisCancellation(server.url, prefix=prefix, heartbeat_interval=0.2)
+    await remote.aattach()
+    client = redis.Redis(port=server.port, socket_connect_timeout=0.5)
+    try:
+        agent = Agent(name="durable", model=ScriptedModel(["x "], stall=30, stall_at=1))
+        stream = agent.arun("go", stream=True, run_id="back-1")
+        async for event in stream:
+            if event.event == RunEvent.run_content:
+                break
+        await _until(lambda: client.hget(f"{prefix}runs", "back-1") is not None)
+        server.stop()
+        await anyio.sleep(0.5)  # heartbeats fail meanwhile; runs go on
+        assert registry.get("back-1") is not None
+        server.start()  # an empty Redis: everything it knew is gone
+        await _until(lambda: client.hget(f"{prefix}runs", "back-1") is not None)
+        await stream.aclose()
+    finally:
+        client.close()
+        await remote.adetach()
+        server.stop()
+
+
+async def _until(check: object, seconds: float = 5) -> None:
+    with anyio.fail_after(seconds):
+        while True:
+            try:
+                if check():  # type: ignore[operator]
+                    return
+            except redis.RedisError:
+                pass
+            await anyio.sleep(0.05)
