@@ -75,8 +75,8 @@ async def route(
 ) -> None:
     """Answer one request: the model list, a chat completion, or an OpenAI-style error."""
     if request.path in _MODELS_PATHS and request.method == "GET":
-        conn.respond(request, 200, _encode(_MODELS).encode())
         conn.hooks.finish(record, "completed", 200)
+        conn.respond(request, 200, _encode(_MODELS).encode())
     elif request.path not in _CHAT_PATHS or request.method != "POST":
         _reject(conn, request, record, 404, f"Invalid URL ({request.method} {request.path})")
     elif body is None:
@@ -95,8 +95,8 @@ def _reject(
     message: str,
     param: str | None = None,
 ) -> None:
-    conn.respond(request, status, error_body(status, message, param=param))
     conn.hooks.finish(record, "rejected", status)
+    conn.respond(request, status, error_body(status, message, param=param))
 
 
 class _ChatFormat:
@@ -212,7 +212,9 @@ class _Exchange:
         call_ids = [call.id or self.conn.hooks.next_call_id() for call in self.reply.tool_calls]
         self.fmt = _ChatFormat(self.body, self.reply, call_ids)
 
-    def respond(self, status: int, payload: bytes) -> None:
+    def respond(self, status: int, payload: bytes, outcome: Outcome) -> None:
+        """Record the outcome, then send the whole response (so a fast client never sees a stale record)."""
+        self.finish(outcome, status)
         self.conn.respond(self.request, status, payload, self.reply.headers)
 
     def finish(self, outcome: Outcome, status: int | None) -> None:
@@ -224,8 +226,7 @@ async def _chat(ex: _Exchange) -> None:
     if reply.header_delay > 0:
         await asyncio.sleep(reply.header_delay)
     if reply.status != 200:
-        ex.respond(reply.status, error_body(reply.status, reply.error_message))
-        ex.finish("failed", reply.status)
+        ex.respond(reply.status, error_body(reply.status, reply.error_message), "failed")
     elif ex.body.get("stream") is True:
         await _stream(ex)
     else:
@@ -247,14 +248,18 @@ class _Batch:
             self.texts += 1
             self._unreported += 1
 
-    def flush(self, end: bool = False) -> None:
+    def flush(self, end: Outcome | None = None) -> None:
+        """Write what is waiting; ``end``: also close the stream, recording that outcome first."""
         data = "".join(self.parts).encode()
         self.parts.clear()
         frame = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
-        self._ex.conn.write(frame + _LAST_CHUNK if end else frame)
-        if self._unreported:
+        # Account before writing: once written, a fast client may look at the record.
+        if self._unreported and not self._ex.conn.gone:
             self._ex.conn.hooks.add_chunks(self._ex.record, self._unreported)
-            self._unreported = 0
+        self._unreported = 0
+        if end is not None:
+            self._ex.finish(end, 200)
+        self._ex.conn.write(frame + _LAST_CHUNK if end is not None else frame)
 
 
 async def _stream(ex: _Exchange) -> None:
@@ -271,8 +276,7 @@ async def _stream(ex: _Exchange) -> None:
     if fmt.wants_usage:
         out.add(fmt.usage_event())
     out.add(_DONE)
-    out.flush(end=True)
-    ex.finish("completed", 200)
+    out.flush(end="completed")
 
 
 async def _pump(ex: _Exchange, out: _Batch) -> bool:
@@ -298,8 +302,7 @@ def _fail_stream(ex: _Exchange, out: _Batch) -> None:
         ex.conn.abort()
         return
     out.add(ex.fmt.error_event() if ex.reply.failure == "error_event" else _MALFORMED)
-    out.flush(end=True)
-    ex.finish("failed", 200)
+    out.flush(end="failed")
 
 
 async def _complete(ex: _Exchange) -> None:
@@ -308,15 +311,12 @@ async def _complete(ex: _Exchange) -> None:
     if delay > 0:  # headers and body leave together, so the whole stream's time is spent up front
         await asyncio.sleep(delay)
     if reply.fail_after is None:
-        ex.respond(200, ex.fmt.completion())
         ex.conn.hooks.add_chunks(ex.record, len(reply.chunks))
-        ex.finish("completed", 200)
+        ex.respond(200, ex.fmt.completion(), "completed")
     elif reply.failure == "disconnect":
         ex.finish("failed", None)
         ex.conn.abort()
     elif reply.failure == "error_event":
-        ex.respond(500, error_body(500, reply.error_message))
-        ex.finish("failed", 500)
+        ex.respond(500, error_body(500, reply.error_message), "failed")
     else:
-        ex.respond(200, b"{not json")
-        ex.finish("failed", 200)
+        ex.respond(200, b"{not json", "failed")
