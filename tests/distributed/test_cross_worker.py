@@ -112,6 +112,15 @@ def test_a_run_streamed_by_one_server_is_cancelled_through_another(
             assert again.status_code == 400 and "CANCELLED" in again.json()["detail"]
         missing = b.post("/agents/slow/runs/no-such-run/cancel")
         assert (missing.status_code, missing.json()["detail"]) == (404, "Run not found")
+        # mode and grace travel too: the one-turn story only stops when the grace escalates.
+        response, frames, deltas = stream_until_content(a, "cross-2")
+        started = time.perf_counter()
+        soft = b.post(
+            "/agents/slow/runs/cross-2/cancel", json={"mode": "after_turn", "grace": 0.3, "reason": "soft"}
+        )
+        assert soft.json()["status"] == "CANCELLED" and 0.25 < time.perf_counter() - started < 3
+        last = finish(response, frames, deltas)
+        assert (last["event"], last["source"], last["reason"]) == ("RunCancelled", "remote", "soft")
 
 
 @pytest.mark.timeout(180)
