@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
 import pytest
 
-from ..server.test_serve import ENV, Served, _wait_up, sse
+from ..server.test_serve import serving, sse
 from .conftest import free_port
 
 MODULE = """
@@ -31,29 +26,6 @@ slow = Agent(name="Slow", model=ScriptedModel([f"word{i} " for i in range(3000)]
 def project(tmp_path: Path) -> Path:
     (tmp_path / "remote_agents.py").write_text(MODULE)
     return tmp_path
-
-
-@contextmanager
-def serving(cwd: Path, *args: str, env: dict[str, str]) -> Iterator[Served]:
-    port = free_port()
-    log_path = cwd / f"serve-{port}.log"
-    with log_path.open("wb") as log:
-        command = [sys.executable, "-W", "error", "-m", "tether", "serve", *args, "--port", str(port)]
-        proc = subprocess.Popen(
-            command, cwd=cwd, env={**ENV, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        served = Served(proc, port, log_path)
-        try:
-            _wait_up(served)
-            yield served
-        finally:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
 
 
 def settings(project: Path, redis_url: str, prefix: str) -> tuple[list[str], dict[str, str]]:
@@ -90,8 +62,8 @@ def test_a_run_streamed_by_one_server_is_cancelled_through_another(
 ) -> None:
     args, env = settings(project, redis_url, prefix)
     with (
-        serving(project, *args, env=env) as first,
-        serving(project, *args, env=env) as second,
+        serving(*args, cwd=project, env=env) as first,
+        serving(*args, cwd=project, env=env) as second,
         httpx.Client(base_url=first.url, timeout=30) as a,
         httpx.Client(base_url=second.url, timeout=30) as b,
     ):
@@ -143,7 +115,7 @@ def test_fifty_runs_cancelled_through_random_workers_all_end_cancelled(
             assert last["content"] == "".join(deltas)
             return answer.status_code, answer.json().get("status", ""), last["event"]
 
-    with serving(project, *args, "--workers", "4", env=env) as server, ThreadPoolExecutor(10) as pool:
+    with serving(*args, "--workers", "4", cwd=project, env=env) as server, ThreadPoolExecutor(10) as pool:
         results = list(pool.map(one, range(50)))
     assert results == [(200, "CANCELLED", "RunCancelled")] * 50
 
@@ -152,7 +124,10 @@ def test_fifty_runs_cancelled_through_random_workers_all_end_cancelled(
 def test_redis_down_runs_work_and_a_remote_cancel_fails_fast(project: Path, prefix: str) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     args, env = settings(project, dead, prefix)
-    with serving(project, *args, env=env) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    with (
+        serving(*args, cwd=project, env=env) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
         response, frames, deltas = stream_until_content(client, "local-1")
         assert client.post("/agents/slow/runs/local-1/cancel").json()["status"] == "CANCELLED"
         assert finish(response, frames, deltas)["event"] == "RunCancelled"

@@ -97,7 +97,7 @@ def tether(*args: str, cwd: Path, timeout: float = 30) -> subprocess.CompletedPr
 
 
 @contextmanager
-def serving(*args: str, cwd: Path) -> Iterator[Served]:
+def serving(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Iterator[Served]:
     """``tether serve ARGS`` on a free port, up (``/health`` answers); killed with its group at the end."""
     port = free_port()
     log_path = cwd / f"serve-{port}.log"
@@ -105,7 +105,12 @@ def serving(*args: str, cwd: Path) -> Iterator[Served]:
         command = [sys.executable, "-W", "error", "-m", "tether", "serve", *args, "--port", str(port)]
         # A session of its own: the finally below can kill workers too if the test failed halfway.
         proc = subprocess.Popen(
-            command, cwd=cwd, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=cwd,
+            env={**ENV, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         served = Served(proc, port, log_path)
         try:

@@ -104,12 +104,14 @@ def cancel_anywhere(
     agent_id: str | None = None,
 ) -> bool:
     """Cancel a run here if it lives here, else (blocking, bounded) through the attached remote."""
-    if registry.get(run_id) is not None or registry.remote is None:
-        return registry.cancel(run_id, reason=reason, agent_id=agent_id, mode=mode, grace=grace)
+    decided = _cancel_here(run_id, reason=reason, mode=mode, grace=grace, agent_id=agent_id)
+    if decided is not None:
+        return decided
     from .._sync import bridge
     from ..distributed._protocol import RemoteOutcome
 
     remote = registry.remote
+    assert remote is not None
     outcome = bridge.call(
         lambda: remote.cancel(run_id, agent_id=agent_id, reason=reason, mode=mode, grace=grace)
     )
@@ -125,13 +127,24 @@ async def acancel_anywhere(
     agent_id: str | None = None,
 ) -> bool:
     """:func:`cancel_anywhere` for async code: the remote round trip is awaited, not blocked on."""
-    if registry.get(run_id) is not None or registry.remote is None:
-        return registry.cancel(run_id, reason=reason, agent_id=agent_id, mode=mode, grace=grace)
+    decided = _cancel_here(run_id, reason=reason, mode=mode, grace=grace, agent_id=agent_id)
+    if decided is not None:
+        return decided
     from ..distributed._protocol import RemoteOutcome
 
-    check_mode(mode, grace)
+    assert registry.remote is not None
     outcome = await registry.remote.cancel(run_id, agent_id=agent_id, reason=reason, mode=mode, grace=grace)
     return outcome is RemoteOutcome.cancelled
+
+
+def _cancel_here(
+    run_id: str, *, reason: str | None, mode: CancelMode, grace: float | None, agent_id: str | None
+) -> bool | None:
+    """The answer when this process decides (the run lives here, or there is no remote); else None."""
+    check_mode(mode, grace)
+    if registry.get(run_id) is not None or registry.remote is None:
+        return registry.cancel(run_id, reason=reason, agent_id=agent_id, mode=mode, grace=grace)
+    return None
 
 
 def active_runs() -> list[str]:
