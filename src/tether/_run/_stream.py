@@ -77,10 +77,7 @@ class RunStream:
         except BaseException:
             await self._on_outer_cancel()
             raise
-        channel.taken()
-        if type(event) in TERMINAL_EVENT_TYPES:
-            self._close_channel()
-        return event
+        return self._took(event)
 
     async def next_batch(self) -> list[BaseRunEvent]:
         """At least one event (empty list at the end), plus what else is ready: for the sync bridge."""
@@ -97,10 +94,8 @@ class RunStream:
                 event = channel.receive.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break
-            channel.taken()
-            batch.append(event)
-            if type(event) in TERMINAL_EVENT_TYPES:
-                self._close_channel()
+            batch.append(self._took(event))
+            if self._ended:
                 break
         return batch
 
@@ -148,6 +143,14 @@ class RunStream:
             execute(state), name=f"tether-run-{self.run_id}"
         )
         return state
+
+    def _took(self, event: BaseRunEvent) -> BaseRunEvent:
+        """Bookkeeping for an event handed to the consumer: backpressure, and the end after the last."""
+        assert self._state is not None
+        self._state.channel.taken()
+        if type(event) in TERMINAL_EVENT_TYPES:
+            self._close_channel()
+        return event
 
     def _forget(self) -> None:
         """A stream never read: its run never started, so it only leaves the registry."""

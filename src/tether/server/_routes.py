@@ -202,7 +202,7 @@ async def _cancel_remote(
     status = RunStatus.running
     with anyio.move_on_after(wait):
         while status.is_active:  # the run ends in another process: watch its stored row
-            stored = await state.storage.get_run(run_id)
+            stored = await _read(state, run_id, failure="Failed to cancel run")
             status = stored.status if stored is not None else status
             if status.is_active:
                 await anyio.sleep(0.02)
@@ -210,23 +210,23 @@ async def _cancel_remote(
 
 
 async def _check_unused(state: ServerState, run_id: str) -> None:
-    if registry.get(run_id) is not None:
-        raise HTTPProblem(400, f"run id {run_id!r} is already in use by an active run")
-    try:
-        stored = await state.storage.get_run(run_id)
-    except StorageError as exc:
-        raise HTTPProblem(500, "Failed to read run") from exc
-    if stored is not None:
+    """A run id already stored is refused (an active one is refused by ``agent.arun`` itself)."""
+    if await _read(state, run_id, failure="Failed to read run") is not None:
         raise HTTPProblem(400, f"run id {run_id!r} is already used by a stored run")
 
 
 async def _stored(state: ServerState, agent: Agent, run_id: str, *, failure: str) -> RunOutput | None:
+    stored = await _read(state, run_id, failure=failure)
+    return stored if stored is not None and stored.agent_id == agent.id else None
+
+
+async def _read(state: ServerState, run_id: str, *, failure: str) -> RunOutput | None:
+    """The stored run (any agent's); a failing store is a 500 with ``failure`` as its detail."""
     try:
-        stored = await state.storage.get_run(run_id)
+        return await state.storage.get_run(run_id)
     except StorageError as exc:
         logger.error("reading run %s failed: %s", run_id, exc)
         raise HTTPProblem(500, failure) from exc
-    return stored if stored is not None and stored.agent_id == agent.id else None
 
 
 async def _list(state: ServerState, **filters: Any) -> list[RunOutput]:
