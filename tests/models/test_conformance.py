@@ -37,7 +37,11 @@ def make_model(request: pytest.FixtureRequest, loopback_server: LoopbackServer) 
 
 
 async def collect(stream: AsyncIterator[object]) -> list[object]:
-    return [delta async for delta in stream]
+    """The deltas, with each ``list[str]`` (the texts of one network read) spread out."""
+    deltas: list[object] = []
+    async for delta in stream:
+        deltas.extend(delta) if isinstance(delta, list) else deltas.append(delta)
+    return deltas
 
 
 async def test_text_deltas_then_one_turn_end(make_model: Factory) -> None:
@@ -69,6 +73,6 @@ async def test_closing_mid_stream_releases_the_stream(make_model: Factory) -> No
     model = make_model(CHUNKS)
     async with aclosing(model.stream([Message(role="user", content="hi")])) as stream:  # type: ignore[type-var]
         first = await stream.__anext__()
-    assert first == "Alpha"
+    assert first in ("Alpha", CHUNKS)  # one chunk, or the texts of the first network read
     if isinstance(model, ScriptedModel):
         assert model.open_streams == 0

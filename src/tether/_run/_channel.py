@@ -39,6 +39,17 @@ class Channel:
         self.backlog += 1
         return True
 
+    def put_many(self, events: list[BaseRunEvent]) -> bool:
+        """Deliver ``events`` now, in order; False when the consumer has gone away."""
+        send = self.send.send_nowait
+        try:
+            for event in events:
+                send(event)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return False
+        self.backlog += len(events)
+        return True
+
     @property
     def full(self) -> bool:
         return self.backlog >= HIGH

@@ -130,6 +130,11 @@ TERMINAL_EVENT_TYPES = (RunCompletedEvent, RunCancelledEvent, RunErrorEvent)
 
 _E = TypeVar("_E", bound=BaseRunEvent)
 _FIELDS_SETS: dict[type[BaseRunEvent], set[str]] = {}
+# BaseModel's own slot setters: calling them directly skips a lookup per attribute on the hot path.
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 def construct(cls: type[_E], fields: dict[str, Any]) -> _E:
@@ -142,9 +147,9 @@ def construct(cls: type[_E], fields: dict[str, Any]) -> _E:
     if fields_set is None:
         fields_set = _FIELDS_SETS[cls] = set(cls.model_fields)
     event = cls.__new__(cls)
-    object.__setattr__(event, "__dict__", fields)
+    _set_dict(event, fields)
     # Shared safely: it already names every field, so pydantic's later ``add`` never changes it.
-    object.__setattr__(event, "__pydantic_fields_set__", fields_set)
-    object.__setattr__(event, "__pydantic_extra__", None)
-    object.__setattr__(event, "__pydantic_private__", None)
+    _set_fields_set(event, fields_set)
+    _set_extra(event, None)
+    _set_private(event, None)
     return event

@@ -1,7 +1,9 @@
 """The model protocol: what the run loop needs from a model adapter.
 
 An adapter turns a list of messages into an async iterator of deltas: ``str`` for each chunk of
-text (the hot path: plain strings, no wrapper objects), then one :class:`ModelTurnEnd`.
+text (the hot path: plain strings, no wrapper objects), or ``list[str]`` for several chunks that
+arrived together (one step of the iterator for a whole network read; each still becomes its own
+``RunContent`` event), then one :class:`ModelTurnEnd`.
 
 Cancellation contract for adapters: the run cancels by interrupting whatever the iterator awaits;
 the adapter must then close its upstream connection (shielded, bounded in time) so the provider
@@ -35,7 +37,7 @@ class ModelTurnEnd:
     usage: ModelUsage | None = None
 
 
-ModelDelta = str | ModelTurnEnd
+ModelDelta = str | list[str] | ModelTurnEnd
 ToolSpec = dict[str, Any]
 """A tool as OpenAI's ``tools`` entry: ``{"type": "function", "function": {...}}``."""
 
@@ -52,7 +54,7 @@ class Model(Protocol):
     def stream(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
     ) -> AsyncIterator[ModelDelta]:
-        """Stream one response to ``messages``: text deltas, then one ``ModelTurnEnd``.
+        """Stream one response to ``messages``: text deltas (str or list[str]), then a ``ModelTurnEnd``.
 
         ``tools`` are the functions the model may ask to call (``ModelTurnEnd.tool_calls``).
         """
