@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
 
 .PHONY: demo test bench lint typecheck check clean
 
@@ -18,11 +20,23 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Side-by-side figures (tether vs baselines in the same run); not part of `make test`.
-bench: $(STAMP)
-	$(BIN)/python bench/stream_throughput.py
-	$(BIN)/python bench/cancel_latency.py
-	$(BIN)/python bench/cross_worker_cancel.py
+# The bench-only virtualenv: tether plus the baselines (Agno) and matplotlib for the chart.
+$(BENCH_STAMP): pyproject.toml bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[server,redis]' -r bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+# Side-by-side figures (tether vs baselines in the same run) into docs/benchmarks.md; not part of `make test`.
+# Cross-worker cancel needs Redis (TETHER_REDIS_URL, default redis://127.0.0.1:6379/0).
+bench: $(BENCH_STAMP)
+	rm -rf bench/results
+	$(BENCH_VENV)/bin/python bench/stream_throughput.py
+	$(BENCH_VENV)/bin/python bench/cancel_latency.py
+	$(BENCH_VENV)/bin/python bench/live_runs.py
+	$(BENCH_VENV)/bin/python bench/server_load.py
+	$(BENCH_VENV)/bin/python bench/cross_worker_cancel.py
+	$(BENCH_VENV)/bin/python bench/report.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples bench
@@ -34,4 +48,4 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 clean:
-	rm -rf $(VENV) build dist .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) bench/results build dist .mypy_cache .ruff_cache

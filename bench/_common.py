@@ -6,6 +6,7 @@ provider is on another machine, and an in-process server thread would add its ow
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -15,6 +16,7 @@ import tempfile
 from collections.abc import Sequence
 from datetime import date
 from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -41,6 +43,15 @@ def percentiles(samples: Sequence[float]) -> tuple[float, float]:
     return statistics.median(ordered) * 1e3, ordered[int(0.99 * (len(ordered) - 1))] * 1e3
 
 
+RESULTS = Path(__file__).parent / "results"
+
+
+def save(name: str, results: dict[str, object]) -> None:
+    """Keep a script's figures (bench/results/NAME.json) for ``report.py``."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1))
+
+
 def rss_bytes() -> int:
     """This process's resident set size, from /proc (Linux)."""
     with open("/proc/self/status") as status:
@@ -55,6 +66,7 @@ def _serve(conn: Connection) -> None:
         conn.send(server.base_url)
         while True:
             command, argument = conn.recv()
+            answer = None
             if command == "push":
                 server.push(*argument)
             elif command == "default":
@@ -62,9 +74,9 @@ def _serve(conn: Connection) -> None:
             elif command == "reset":
                 server.reset()
             elif command == "requests":
-                conn.send([_lean(record) for record in server.requests])
-            elif command == "stop":
-                conn.send(None)
+                answer = [_lean(record) for record in server.requests]
+            conn.send(answer)  # every command is answered, so the caller knows it took effect
+            if command == "stop":
                 return
 
 
@@ -93,8 +105,9 @@ class RemoteLoopback:
             raise RuntimeError("the loopback server process did not start")
         self.base_url: str = self._conn.recv()
 
-    def _call(self, command: str, argument: Any = None) -> None:
+    def _call(self, command: str, argument: Any = None) -> Any:
         self._conn.send((command, argument))
+        return self._conn.recv()
 
     def push(self, *replies: Reply) -> None:
         self._call("push", replies)
@@ -106,13 +119,12 @@ class RemoteLoopback:
         self._call("reset")
 
     def recorded(self) -> list[RecordedRequest]:
-        self._call("requests")
-        records: list[RecordedRequest] = self._conn.recv()
+        records: list[RecordedRequest] = self._call("requests")
         return records
 
     def close(self) -> None:
         if self._process.poll() is None:
-            self._call("stop")
+            self._conn.send(("stop", None))
             self._conn.poll(10)
         try:
             self._process.wait(10)

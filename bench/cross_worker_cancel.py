@@ -10,19 +10,17 @@ POST cancel is sent -> the stream from A delivers ``RunCancelled``. Needs Redis 
 from __future__ import annotations
 
 import os
-import platform
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from datetime import date
 from pathlib import Path
 
 import httpx
+from _common import machine, percentiles, save
 
 REDIS = os.environ.get("TETHER_REDIS_URL", "redis://127.0.0.1:6379/0")
 MODULE = """
@@ -67,11 +65,6 @@ def trial(streamer: httpx.Client, canceller: httpx.Client) -> float:
     raise AssertionError("no RunCancelled")
 
 
-def figures(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered) * 1e3, ordered[int(0.99 * (len(ordered) - 1))] * 1e3
-
-
 def main(trials: int) -> None:
     folder = Path(tempfile.mkdtemp())
     (folder / "bench_agents.py").write_text(MODULE)
@@ -88,13 +81,14 @@ def main(trials: int) -> None:
         for proc in (a, b):
             proc.send_signal(signal.SIGTERM)
             proc.wait(20)
-    (l50, l99), (r50, r99) = figures(local), figures(remote)
-    print(f"cancel over HTTP, {trials} trials; {platform.node()}, {os.cpu_count()} cores, {date.today()}")
+    (l50, l99), (r50, r99) = percentiles(local), percentiles(remote)
+    print(f"cancel over HTTP, {trials} trials; {machine()}")
     print(f"{'path':<14}{'p50':>10}{'p99':>10}")
     print(f"{'in-process':<14}{l50:>8.2f}ms{l99:>8.2f}ms")
     print(
         f"{'cross-worker':<14}{r50:>8.2f}ms{r99:>8.2f}ms   ({r50 / l50:.2f}x / {r99 / l99:.2f}x in-process)"
     )
+    save("cross_worker_cancel", {"machine": machine(), "in-process": local, "cross-worker": remote})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 
 import httpx2
 import openai
-from _common import RemoteLoopback, machine, rss_bytes
+from _common import RemoteLoopback, machine, rss_bytes, save
 
 from tether import Agent, RunEvent, RunStream, cancel_run
 from tether.models.openai import OpenAIChat
@@ -98,17 +98,22 @@ def main(counts: list[int]) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket per live run
     print(f"live streaming runs (a chunk a second over HTTP); {machine()}")
     print(f"{'runs':>7}  {'':<8}{'RSS/run':>10}{'cancel all':>12}")
+    results: dict[str, object] = {"machine": machine()}
     for n in counts:
         with RemoteLoopback(SLOW) as server:
             per_run, cancel_all = asyncio.run(tether_live(server.base_url, n))
             print(f"{n:>7}  {'tether':<8}{per_run / 1024:>7.1f} KB{cancel_all:>11.3f}s", flush=True)
+        results[f"tether {n}"] = {"rss_per_run": per_run, "cancel_all": cancel_all}
         if n <= 1000:
             with RemoteLoopback(SLOW) as server:
                 agno = agno_live(server.base_url, n)
             if agno is not None:
                 a_run, a_cancel = agno
+                results[f"agno {n}"] = {"rss_per_run": a_run, "cancel_all": a_cancel}
                 ratio = f"(tether: {per_run / a_run:.2f}x RSS, {cancel_all / a_cancel:.3f}x time)"
                 print(f"{n:>7}  {'agno':<8}{a_run / 1024:>7.1f} KB{a_cancel:>11.3f}s  {ratio}", flush=True)
+
+    save("live_runs", results)
 
 
 if __name__ == "__main__":

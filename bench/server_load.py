@@ -55,7 +55,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -67,11 +66,11 @@ import uuid
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+from _common import machine, save
 
 SCRIPT = str(Path(__file__).resolve())
 # The model server. Each stdin line "PACE CHUNKS" sets how the "paced" model streams from then on:
@@ -522,13 +521,6 @@ async def loaded_probes(
 # -- report ---------------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    info = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "?")
-    python = platform.python_version()
-    return f"{platform.node()}, {os.cpu_count()} cores ({cpu}), {date.today()}, Python {python}"
-
-
 def row(name: str, cells: list[str], widths: list[int]) -> str:
     return f"{name:<20}" + "".join(f"{cell:>{width}}" for cell, width in zip(cells, widths, strict=True))
 
@@ -625,6 +617,18 @@ async def bench(args: argparse.Namespace, model: ModelServer, server_pid: int, t
     print("cores: CPU time / wall time of each process (1.00 = one core busy); rest: every other process")
     print_throughput(streams, args.clients)
     print_cancel(quiet, loaded, args, busy)
+    keys = [f"{name} {share}" for name in ("health", "post", "ended", "first") for share in ("p50", "p99")]
+    save(
+        "server_load",
+        {
+            "machine": machine(),
+            "clients": args.clients,
+            "sse": {name: tally.rate for name, tally in streams.items()},
+            "no load": dict(zip(keys, figures(quiet), strict=True)),
+            "under load": dict(zip(keys, figures(loaded.probes), strict=True)),
+            "load": {"pace": loaded.pace, "offered": args.clients / loaded.pace, "delivered": loaded.rate},
+        },
+    )
 
 
 def parse() -> argparse.Namespace:

@@ -2,28 +2,31 @@
 
 - bare: httpx2 line iteration + ``json.loads`` of each chunk (no objects built): the limit;
 - openai: the raw ``openai`` SDK's chunk iteration (a pydantic object per chunk);
-- tether: ``async for`` over a tether run's events.
+- tether: ``async for`` over a tether run's events;
+- agno: ``async for`` over an Agno 3.1.10 run's events (when the bench venv has it).
 
-    .venv/bin/python bench/stream_throughput.py [CHUNKS] [TRIALS]
+The server runs in a child process. Figures: the median wall-clock rate over the trials, and the
+client's CPU time per chunk (what a busy neighbour on the machine moves least), both as ratios to bare.
+
+    .venv-bench/bin/python bench/stream_throughput.py [CHUNKS] [TRIALS]
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import os
-import platform
 import statistics
 import sys
 import time
-from datetime import date
 
 import httpx2
 import openai
+from _common import RemoteLoopback, machine, save
 
 from tether import Agent
 from tether.models.openai import OpenAIChat
-from tether.testing import LoopbackServer, Reply
+from tether.testing import Reply
 
 BODY = {"model": "loopback", "messages": [{"role": "user", "content": "go"}], "stream": True}
 
@@ -60,26 +63,58 @@ async def tether_run(agent: Agent) -> int:
     return count
 
 
-async def timed(fn, *args) -> float:  # type: ignore[no-untyped-def]
-    started = time.perf_counter()
+async def agno_run(agent: object) -> int:
+    import _agno_side
+
+    return await _agno_side.stream_events("", agent)  # type: ignore[arg-type]
+
+
+async def timed(fn, *args) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """(wall seconds, CPU seconds) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
     await fn(*args)
-    return time.perf_counter() - started
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+async def contenders(base_url: str, stack: contextlib.AsyncExitStack) -> dict[str, tuple[object, ...]]:
+    agent = Agent(name="bench", model=OpenAIChat(id="loopback", base_url=base_url, max_retries=0))
+    found: dict[str, tuple[object, ...]] = {
+        "bare": (bare, base_url),
+        "openai": (raw_openai, base_url),
+        "tether": (tether_run, agent),
+    }
+    try:
+        import _agno_side
+    except ImportError:  # the main venv has no agno
+        return found
+    found["agno"] = (agno_run, await stack.enter_async_context(_agno_side.agno_agent(base_url)))
+    return found
 
 
 async def main(chunks: int, trials: int) -> None:
-    machine = f"{platform.node()}, {os.cpu_count()} cores, {date.today()}"
-    print(f"streaming {chunks} chunks, median of {trials}; {machine}")
-    with LoopbackServer(Reply(chunks=[f"w{i} " for i in range(chunks)])) as server:
-        agent = Agent(name="bench", model=OpenAIChat(id="loopback", base_url=server.base_url, max_retries=0))
-        results: dict[str, list[float]] = {"bare": [], "openai": [], "tether": []}
-        for _ in range(trials):
-            results["bare"].append(await timed(bare, server.base_url))
-            results["openai"].append(await timed(raw_openai, server.base_url))
-            results["tether"].append(await timed(tether_run, agent))
-    limit = chunks / statistics.median(results["bare"])
+    print(f"streaming one run of {chunks:,} chunks, median of {trials}; {machine()}")
+    results: dict[str, list[tuple[float, float]]] = {}
+    with RemoteLoopback(Reply(chunks=[f"w{i} " for i in range(chunks)])) as server:
+        async with contextlib.AsyncExitStack() as stack:
+            runners = await contenders(server.base_url, stack)
+            for fn, arg in runners.values():
+                await fn(arg)  # warm-up: lazy imports, the connection pool
+            for _ in range(trials):
+                for name, (fn, arg) in runners.items():
+                    results.setdefault(name, []).append(await timed(fn, arg))
+    bare_wall = statistics.median(w for w, _ in results["bare"])
+    bare_cpu = statistics.median(c for _, c in results["bare"])
+    print(f"{'':<8}{'chunks/s':>12}{'x bare':>8}{'CPU us/chunk':>14}{'x bare':>8}")
+    figures = {}
     for name, samples in results.items():
-        rate = chunks / statistics.median(samples)
-        print(f"{name:<8}{rate:>12,.0f} chunks/s{rate / limit:>8.2f}x bare")
+        wall = statistics.median(w for w, _ in samples)
+        cpu = statistics.median(c for _, c in samples)
+        figures[name] = {"rate": chunks / wall, "cpu_per_chunk": cpu / chunks}
+        print(
+            f"{name:<8}{chunks / wall:>12,.0f}{bare_wall / wall:>8.2f}"
+            f"{cpu / chunks * 1e6:>14.2f}{bare_cpu / cpu:>8.2f}"
+        )
+    save("stream_throughput", {"machine": machine(), "chunks": chunks, "figures": figures})
 
 
 if __name__ == "__main__":
