@@ -34,6 +34,7 @@ __all__ = ["LoopbackServer", "RecordedRequest", "Reply", "ScriptedToolCall"]
 Outcome = Literal["pending", "completed", "disconnected", "failed", "rejected"]
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
+_BACKLOG = 4096
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,12 @@ class LoopbackServer:
         self._loop, self._stop_event = loop, asyncio.Event()
         connections: set[Connection] = set()
         server = await loop.create_server(
-            lambda: Connection(self._state, connections), self._host, self._requested_port
+            lambda: Connection(self._state, connections),
+            self._host,
+            self._requested_port,
+            # asyncio's default of 100 drops connection attempts when thousands of runs start at once
+            # (the client then retries after 1 s, 3 s, ...); the kernel caps it at net.core.somaxconn.
+            backlog=_BACKLOG,
         )
         self._port = server.sockets[0].getsockname()[1]
         ready.set()
