@@ -11,12 +11,19 @@ import pytest
 from tether import Agent
 from tether._run import (
     BaseRunEvent,
+    RunCancelledEvent,
+    RunCompletedEvent,
     RunContentEvent,
+    RunErrorEvent,
     RunEvent,
+    RunStartedEvent,
     RunStatus,
+    ToolCallCompletedEvent,
+    ToolCallStartedEvent,
 )
 from tether._run._events import construct
 from tether.models.base import ModelDelta, ModelTurnEnd, ToolSpec
+from tether.server._frames import FrameEncoder, frame
 from tether.server._sse import OUTBOX_BYTES, EventStreamResponse, Outbox, Relays
 
 from .conftest import parse_sse
@@ -74,6 +81,35 @@ class Burst:
 
 async def never_disconnects() -> Any:
     await anyio.sleep_forever()
+
+
+def test_every_event_kind_encodes_exactly_as_pydantic() -> None:
+    events: list[BaseRunEvent] = [
+        RunStartedEvent(**COMMON, status=RunStatus.running, model="m"),
+        *(content(text) for text in TEXTS),
+        content("x", created_at=1_800_000_000, session_id="s-1"),  # other fields: learnt again
+        content("y", agent_name=None),
+        content("z", agent_name='quo"ted, "created_at":1,'),
+        ToolCallStartedEvent(
+            **COMMON, status=RunStatus.running, tool_call_id="c", tool_name="t", tool_args={"k": [1]}
+        ),
+        ToolCallCompletedEvent(
+            **COMMON, status=RunStatus.running, tool_call_id="c", tool_name="t", content="ok"
+        ),
+        RunCompletedEvent(**COMMON, status=RunStatus.completed, content="all"),
+        RunCancelledEvent(**COMMON, status=RunStatus.cancelled, reason="r", source="user"),
+        RunErrorEvent(**COMMON, status=RunStatus.error, error="e", error_type="E"),
+    ]
+    encoder = FrameEncoder()
+    assert [encoder.encode([event]) for event in events] == [pydantic_frame(event) for event in events]
+    assert encoder.encode(events) == b"".join(pydantic_frame(event) for event in events)
+
+
+def test_text_pydantic_cannot_encode_is_escaped_not_lost() -> None:
+    event = content("half an emoji \ud83d")
+    for encoded in (FrameEncoder().encode([event]), frame(event)):
+        ((name, data),) = parse_sse(encoded.decode())
+        assert (name, data["content"]) == ("RunContent", "half an emoji \ud83d")
 
 
 async def test_a_burst_is_one_message_ending_with_the_terminal_event() -> None:

@@ -22,7 +22,8 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .._run import BaseRunEvent, RunStream
+from .._run import RunStream
+from ._frames import FrameEncoder
 
 logger = logging.getLogger("tether.server")
 
@@ -34,10 +35,6 @@ HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-
-
-def frame(event: BaseRunEvent) -> bytes:
-    return b"event: %s\ndata: %s\n\n" % (event.event.value.encode(), event.model_dump_json().encode())
 
 
 class Outbox:
@@ -118,11 +115,12 @@ class Relays:
 
 async def _relay(stream: RunStream, outbox: Outbox) -> None:
     """Read the run to its end; forward frames while the client listens, drop them after."""
+    encoder = FrameEncoder()
     try:
         while events := await stream.next_batch():
             last = events[-1].is_terminal
             if not outbox.closed:
-                outbox.put(b"".join([frame(event) for event in events]), last=last)
+                outbox.put(encoder.encode(events), last=last)
                 if outbox.full:
                     await outbox.wait_for_room()
             if last:
