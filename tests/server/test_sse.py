@@ -144,13 +144,19 @@ async def test_a_backlog_and_the_cancel_leave_together() -> None:
             writing.set()
             await unblock.wait()  # a slow client: writing RunStarted takes a while
 
+    relays = Relays()
     async with anyio.create_task_group() as group:
-        response = EventStreamResponse(stream, Relays(), "cancel")
-        group.start_soon(response, {"type": "http"}, never_disconnects, send)
-        await writing.wait()
-        await anyio.sleep(0.05)  # the burst is queued behind the first write meanwhile
-        stream.handle.request_cancel("enough", "user")
-        await anyio.sleep(0.05)
+        group.start_soon(
+            EventStreamResponse(stream, relays, "cancel"), {"type": "http"}, never_disconnects, send
+        )
+        with anyio.fail_after(5):
+            await writing.wait()
+            snapshot = stream.handle.snapshot
+            while snapshot is None or not snapshot().content:  # noqa: ASYNC110 - the run's own state
+                await anyio.sleep(0.005)  # the burst is queued behind the first write meanwhile
+            stream.handle.request_cancel("enough", "user")
+            while relays.tasks:  # noqa: ASYNC110 - the relay ends once RunCancelled is queued too
+                await anyio.sleep(0.005)
         unblock.set()
     first, backlog = (parse_sse(m["body"].decode()) for m in sent if m["type"] == "http.response.body")
     assert [name for name, _ in first] == ["RunStarted"]
