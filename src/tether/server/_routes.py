@@ -239,6 +239,8 @@ async def _list(state: ServerState, **filters: Any) -> list[RunOutput]:
 
 async def _wait_ended(handle: RunHandle, wait: float) -> None:
     """Wait up to ``wait`` seconds for the run to end (it may not have started yet)."""
+    if wait <= 0:
+        return  # a timeout of 0 still costs a turn of the event loop, a long one under load
     with anyio.move_on_after(wait):
         await handle.done_event().wait()
 
