@@ -1,7 +1,7 @@
 """One ``tether serve`` worker under load: SSE throughput with 100 streaming clients, cancel latency.
 
     .venv/bin/python bench/server_load.py [--clients 100] [--chunks 2000] [--trials 200]
-                                          [--load-share 0.1 | --pace SECONDS] [--load-seconds 20]
+                                          [--pace 0.16 | --load-share SHARE] [--load-seconds 20]
 
 About a minute on a quiet 2-core machine, two when other processes compete for it; Linux only (CPU
 times come from /proc). Cross-worker cancel is measured by ``bench/cross_worker_cancel.py``, not here.
@@ -29,12 +29,12 @@ every other process on the machine, since a busy neighbour changes every figure.
    POST's round trip and (b) POST sent -> RunCancelled read on the run's stream (read concurrently),
    plus GET /health before each run (the floor for any request then) and run start -> first chunk.
    ``--trials`` probes with no load, then as many (at most ``--load-seconds``) while ``--clients``
-   endless streams run; these are paced so that they offer ``--load-share`` of the chunks/s tether
-   reached in part 1, or one chunk every ``--pace`` seconds. A paced chunk costs tether 3 to 7 times
-   an unpaced one (it crosses every layer alone, with no batching: about 570 µs of CPU at 5 chunks/s
-   per stream, 220 µs at 43, against 75 to 100 unpaced, where this was written), so the default 0.1
-   keeps tether's core about half busy: a real load it sustains. At 0.25 it saturates, and a probe
-   then takes up to seconds. The load's clients run in a child process, so their work does not delay
+   endless streams run, each sending a chunk every ``--pace`` seconds (default 0.16: 625 chunks/s for
+   100 streams), or offering ``--load-share`` of the chunks/s tether reached in part 1. A paced chunk
+   costs tether many times an unpaced one (it crosses every layer alone: 300-400 µs of CPU against
+   15-18 unpaced, where this was measured), so a fixed pace keeps the load one the worker sustains
+   (about half its core); a load it cannot sustain makes each probe take up to seconds. The load's
+   clients run in a child process, so their work does not delay
    the probe's timestamps. Also printed: how many RunContent events reached the probe after its
    cancel was sent, i.e. what was queued ahead of RunCancelled.
    What bounds it: with no load, the HTTP round trips through uvicorn and FastAPI and the run's end
@@ -609,7 +609,7 @@ async def bench(args: argparse.Namespace, model: ModelServer, server_pid: int, t
     meter = CpuMeter(pids)
     quiet, seconds = await probes(tether_url, args.trials, float("inf"))
     busy = meter.read(seconds)["rest"] > BUSY_NEIGHBOURS
-    pace = args.pace or args.clients / (args.load_share * streams["tether, httpx"].rate)
+    pace = args.clients / (args.load_share * streams["tether, httpx"].rate) if args.load_share else args.pace
     # Endless for the probes' purposes: they outlast the probing even when the server falls behind.
     await asyncio.to_thread(model.pace, pace, round(2 * args.load_seconds / pace) + 1000)
     loaded = await loaded_probes(args, pace, tether_url, pids)
@@ -637,8 +637,8 @@ def parse() -> argparse.Namespace:
     add("--clients", type=int, default=100, help="concurrent streams (default 100)")
     add("--chunks", type=int, default=2000, help="chunks per run in part 1 (default 2000)")
     add("--trials", type=int, default=200, help="cancels timed with no load, then under load (default 200)")
-    add("--load-share", type=float, default=0.1, help="part 2's load, as a share of part 1's tether chunks/s")
-    add("--pace", type=float, help="or: seconds between a load stream's chunks")
+    add("--load-share", type=float, help="part 2's load, as a share of part 1's tether chunks/s")
+    add("--pace", type=float, default=0.16, help="seconds between a load stream's chunks (default 0.16)")
     add("--load-seconds", type=float, default=20, help="at most this long probing under load (default 20)")
     add("--load-child", metavar="URL", help=argparse.SUPPRESS)
     return parser.parse_args()
