@@ -35,6 +35,43 @@ async def test_completed_run_over_http(loopback_server: LoopbackServer, openai_m
     ]
 
 
+async def test_request_settings_and_extra_body_reach_the_provider(loopback_server: LoopbackServer) -> None:
+    model = OpenAIChat(
+        id="loopback",
+        base_url=loopback_server.base_url,
+        api_key="test-key",
+        max_retries=0,
+        temperature=0.2,
+        max_tokens=64,
+        extra_body={"top_k": 5, "temperature": 0.7},
+    )
+    out = await Agent(name="a", model=model).arun("go")
+    assert out.status is RunStatus.completed
+    record = loopback_server.requests[-1]
+    assert record.headers["authorization"] == "Bearer test-key"
+    body = record.body
+    assert body["top_k"] == 5 and body["temperature"] == 0.7, "extra_body is merged in, and wins"
+    assert body["max_completion_tokens"] == 64 and body["stream_options"] == {"include_usage": True}
+    assert "extra_body" not in body
+
+
+@pytest.mark.parametrize("max_retries", [0, 1])
+async def test_a_retryable_status_is_retried_before_the_stream_starts(
+    loopback_server: LoopbackServer, max_retries: int
+) -> None:
+    loopback_server.push(Reply(status=503, error_message="busy", headers=[("retry-after-ms", "1")]))
+    loopback_server.default = Reply(chunks=["fine"])
+    model = OpenAIChat(id="x", base_url=loopback_server.base_url, api_key="k", max_retries=max_retries)
+    with anyio.fail_after(5):
+        out = await Agent(name="a", model=model).arun("go")
+    assert len(loopback_server.requests) == 1 + max_retries
+    if max_retries:
+        assert out.status is RunStatus.completed and out.content == "fine"
+    else:
+        assert out.status is RunStatus.error and out.error_type == "ModelStatusError"
+        assert "HTTP 503: busy" in (out.error or "")
+
+
 async def _cancel_when(
     agent: Agent, stream_reply: Reply, server: LoopbackServer, *, after_chunks: int
 ) -> tuple[list, float, float]:  # type: ignore[type-arg]

@@ -106,23 +106,21 @@ class OpenAIChat:
             kwargs["timeout"] = self.timeout
         return openai.AsyncOpenAI(**kwargs)
 
-    def _params(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> dict[str, Any]:
-        params: dict[str, Any] = {
+    def _body(self, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> dict[str, Any]:
+        body: dict[str, Any] = {
             "model": self._id,
             "messages": [m.to_provider() for m in messages],
             "stream": True,
         }
         if tools:
-            params["tools"] = list(tools)
+            body["tools"] = list(tools)
         if self.include_usage:
-            params["stream_options"] = {"include_usage": True}
+            body["stream_options"] = {"include_usage": True}
         if self.temperature is not None:
-            params["temperature"] = self.temperature
+            body["temperature"] = self.temperature
         if self.max_tokens is not None:
-            params["max_completion_tokens"] = self.max_tokens
-        if self.extra_body:
-            params["extra_body"] = self.extra_body
-        return params
+            body["max_completion_tokens"] = self.max_tokens
+        return body
 
     async def _stream(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec]
@@ -130,14 +128,22 @@ class OpenAIChat:
         # One generator step per network read (a list of texts), not per chunk: the step is most of
         # the per-chunk cost once the JSON is parsed.
         client = self._own_client or await self._clients.get()
-        request = client.chat.completions.with_streaming_response.create(**self._params(messages, tools))
         try:
-            response = await request.__aenter__()
+            # The client's generic ``post`` (its auth, retries, timeout and status errors) returning the
+            # raw response: ``chat.completions.create`` would add a per-request wrapper, a transformed
+            # copy of the body and parsing machinery that a live stream keeps alive for its whole life.
+            response = await client.post(
+                "/chat/completions",
+                cast_to=httpx2.Response,
+                body=self._body(messages, tools),
+                options={"extra_json": self.extra_body} if self.extra_body else {},
+                stream=True,
+            )
         except Exception as exc:
             raise self._translate(exc) from exc
         turn = _Turn()
         try:
-            async for batch in _sse_payloads(response.http_response):
+            async for batch in _sse_payloads(response):
                 texts: list[str] = []
                 failure: Exception | None = None
                 try:
@@ -159,7 +165,7 @@ class OpenAIChat:
             raise self._translate(exc) from exc
         finally:
             with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
-                await response.close()
+                await response.aclose()
 
     def _translate(self, exc: Exception) -> Exception:
         where = self._base_url() or "the OpenAI API"
