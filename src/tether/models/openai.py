@@ -142,22 +142,24 @@ class OpenAIChat:
         except Exception as exc:
             raise self._translate(exc) from exc
         turn = _Turn()
+        # SSE usually comes uncompressed: then the raw reads, without aiter_bytes' decoding layer.
+        raw = not response.is_stream_consumed and "content-encoding" not in response.headers
+        reads = response.aiter_raw() if raw else response.aiter_bytes()
         try:
-            async for batch in _sse_payloads(response):
-                texts: list[str] = []
-                failure: Exception | None = None
-                try:
-                    for data in batch:
-                        if turn.take(data, texts):
-                            break
-                except Exception as exc:
-                    failure = exc
+            async for block in reads:
+                texts, failure = turn.read(block)
                 if texts:
                     yield texts  # what came before a failure in the same read is still delivered
                 if failure is not None:
                     raise failure
                 if turn.done:
                     break
+            else:  # the body ended: its last line may have come without a newline
+                texts, failure = turn.read(None)
+                if texts:
+                    yield texts
+                if failure is not None:
+                    raise failure
             yield turn.end()
         except ModelError:
             raise
@@ -192,40 +194,47 @@ class OpenAIChat:
         return exc
 
 
-async def _sse_payloads(response: httpx2.Response) -> AsyncIterator[list[str]]:
-    """The ``data:`` payloads of an SSE body, one list per network read.
-
-    Leaner than ``aiter_lines`` (two generator layers and an incremental decoder fewer): each read is
-    split into lines once, and the caller pays one generator step per read rather than per line.
-    Events here are single-line JSON, so other fields, comments and blank lines are skipped.
-    """
-    pending = b""
-    async for block in response.aiter_bytes():
-        if pending:
-            block = pending + block
-        if b"\r" in block:  # CRLF or bare CR line ends (the SSE spec allows both)
-            block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        cut = block.rfind(b"\n") + 1
-        pending = block[cut:]
-        # Decoding only up to a newline never splits a UTF-8 character (no multibyte one holds 0x0A).
-        text = block[:cut].decode()
-        payloads = [line[5:] for line in text.split("\n") if line.startswith("data:")]
-        if payloads:
-            yield payloads
-    if pending.startswith(b"data:"):
-        yield [pending[5:].decode()]
-
-
 class _Turn:
     """What one streamed response says besides its text: finish reason, tool calls, usage."""
 
-    __slots__ = ("calls", "done", "finish_reason", "usage")
+    __slots__ = ("calls", "done", "finish_reason", "pending", "usage")
 
     def __init__(self) -> None:
         self.done = False
         self.finish_reason: str | None = None
         self.usage: ModelUsage | None = None
         self.calls: dict[int, dict[str, str]] = {}
+        self.pending = b""  # the start of a line whose end has not arrived yet
+
+    def read(self, block: bytes | None) -> tuple[list[str], Exception | None]:
+        """The texts of one network read (None: the body ended), and the failure that cut it short."""
+        texts: list[str] = []
+        try:
+            for data in self.payloads(block):
+                if self.take(data, texts):
+                    break
+        except Exception as exc:
+            return texts, exc
+        return texts, None
+
+    def payloads(self, block: bytes | None) -> list[str]:
+        """The ``data:`` payloads completed by one network read (None: the body ended).
+
+        Leaner than ``aiter_lines`` (layers of generators and an incremental decoder): each read is
+        split into lines once. Events here are single-line JSON, so other fields, comments and blank
+        lines are skipped.
+        """
+        if block is None:
+            block = b"\n"  # a last line may come without its newline
+        if self.pending:
+            block = self.pending + block
+        if b"\r" in block:  # CRLF or bare CR line ends (the SSE spec allows both)
+            block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        cut = block.rfind(b"\n") + 1
+        self.pending = block[cut:]
+        # Decoding only up to a newline never splits a UTF-8 character (no multibyte one holds 0x0A).
+        text = block[:cut].decode()
+        return [line[5:] for line in text.split("\n") if line.startswith("data:")]
 
     def take(self, data: str, texts: list[str]) -> bool:
         """Read one ``data:`` payload, appending its text to ``texts``; True at ``[DONE]``."""
