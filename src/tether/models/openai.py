@@ -167,6 +167,9 @@ class OpenAIChat:
             raise self._translate(exc) from exc
         finally:
             with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                # Closing the reads now (a no-op once they failed or ended) rather than leaving a
+                # suspended generator for the event loop to finalize in a task of its own later.
+                await reads.aclose()
                 await response.aclose()
 
     def _translate(self, exc: Exception) -> Exception:
