@@ -9,6 +9,7 @@ Both ends live on the run's event loop.
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import anyio
@@ -21,7 +22,7 @@ LOW = 64
 
 
 class Channel:
-    __slots__ = ("_room", "backlog", "receive", "send")
+    __slots__ = ("_ready", "_room", "backlog", "receive", "send")
 
     def __init__(self) -> None:
         send, receive = anyio.create_memory_object_stream[BaseRunEvent](math.inf)
@@ -29,6 +30,7 @@ class Channel:
         self.receive: MemoryObjectReceiveStream[BaseRunEvent] = receive
         self.backlog = 0
         self._room: anyio.Event | None = None
+        self._ready: asyncio.Future[None] | None = None
 
     def put(self, event: BaseRunEvent) -> bool:
         """Deliver ``event`` now; False when the consumer has gone away."""
@@ -37,6 +39,7 @@ class Channel:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return False
         self.backlog += 1
+        self._wake()
         return True
 
     def put_many(self, events: list[BaseRunEvent]) -> bool:
@@ -48,7 +51,27 @@ class Channel:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return False
         self.backlog += len(events)
+        self._wake()
         return True
+
+    def _wake(self) -> None:
+        ready = self._ready
+        if ready is not None and not ready.done():
+            ready.set_result(None)
+
+    async def wait_ready(self) -> None:
+        """Consumer side: wait until something was put or the channel ended (cancellable).
+
+        A plain future, not anyio's ``receive()``: that costs an extra turn of the loop and an event
+        per wait, and a live run's consumer spends most of its life waiting here.
+        """
+        self._ready = asyncio.get_running_loop().create_future()
+        await self._ready
+
+    def end(self) -> None:
+        """Producer side: nothing more will come; a waiting consumer wakes to read the rest."""
+        self.send.close()
+        self._wake()
 
     @property
     def full(self) -> bool:
@@ -68,5 +91,6 @@ class Channel:
             self._room = None
 
     def close(self) -> None:
+        self._wake()
         self.send.close()
         self.receive.close()

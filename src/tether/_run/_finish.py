@@ -32,7 +32,7 @@ async def finish(state: RunState, failure: BaseException | None) -> None:
     await persist(state)
     registry.unregister(handle)
     state.channel.put(_terminal_event(output))
-    state.channel.send.close()
+    state.channel.end()
     if handle.done is not None:
         handle.done.set()
 

@@ -67,10 +67,12 @@ class RunStream:
         state = self._state or self._start()
         channel = state.channel
         try:
-            try:
-                event = channel.receive.receive_nowait()
-            except anyio.WouldBlock:
-                event = await channel.receive.receive()
+            while True:
+                try:
+                    event = channel.receive.receive_nowait()
+                    break
+                except anyio.WouldBlock:
+                    await channel.wait_ready()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             self._close_channel()
             raise StopAsyncIteration from None
