@@ -1,6 +1,7 @@
 """Live concurrent runs: memory per live streaming run, and the time to cancel them all.
 
-N runs stream slowly (a chunk a second) over real HTTP from a loopback server in a child process.
+N runs stream slowly (a chunk a second each, every 10 s at 10,000 runs) over real HTTP from a
+loopback server in a child process.
 Once every run has delivered its first chunk, the resident set size growth divided by N is the cost
 of a live run (its HTTP connection, run task, consumer task, buffers). Then every run is cancelled
 with ``cancel_run`` in one go; the figure is the time until every consumer has its terminal event.
@@ -14,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import resource
+import subprocess
 import sys
 import time
 
@@ -26,8 +29,17 @@ from tether import Agent, RunEvent, RunStream, cancel_run
 from tether.models.openai import OpenAIChat
 from tether.testing import Reply
 
-SLOW = Reply(chunks=[f"w{i} " for i in range(600)], pace=1.0)
+
+def slow(n: int) -> Reply:
+    """A chunk a second per run up to 1,000 runs, then slower: 1,000 chunks/s in all is what one core
+    sustains for paced streams (each chunk crosses every layer alone), so 10,000 runs get one every 10 s."""
+    return Reply(chunks=[f"w{i} " for i in range(600)], pace=max(1.0, n / 1000))
+
+
 LIVE_TIMEOUT = 120.0
+NO_AGNO = 3
+POOL = 500
+WAVE = 500
 
 
 def wide_client(base_url: str) -> openai.AsyncOpenAI:
@@ -39,18 +51,22 @@ def wide_client(base_url: str) -> openai.AsyncOpenAI:
 
 async def tether_live(base_url: str, n: int) -> tuple[float, float]:
     """(bytes of RSS per live run, seconds from the first cancel to the last terminal event)."""
-    client = wide_client(base_url)
-    agent = Agent(name="live", model=OpenAIChat(id="loopback", client=client))
-    await _tether_round(agent, 10)  # warm up: code paths and the pool, not N runs' worth of memory
-    figures = await _tether_round(agent, n)
-    await client.close()
+    # httpcore2's pool scans all of its connections for every request, so starting n streams through
+    # one client costs O(n^2): 10,000 runs never all start. Any deployment that size spreads its
+    # streams over several clients, and so does this bench (POOL connections each).
+    clients = [wide_client(base_url) for _ in range(-(-n // POOL))]
+    agents = [Agent(name="live", model=OpenAIChat(id="loopback", client=client)) for client in clients]
+    await _tether_round(agents, 10)  # warm up: code paths and the pool, not N runs' worth of memory
+    figures = await _tether_round(agents, n)
+    for client in clients:
+        await client.close()
     return figures
 
 
-async def _tether_round(agent: Agent, n: int) -> tuple[float, float]:
+async def _tether_round(agents: list[Agent], n: int) -> tuple[float, float]:
     gc.collect()
     before = rss_bytes()
-    live = Countdown(n)
+    live = Live()
 
     async def consume(stream: RunStream) -> None:
         first = True
@@ -59,17 +75,23 @@ async def _tether_round(agent: Agent, n: int) -> tuple[float, float]:
                 first = False
                 live.tick()
 
-    streams = [agent.arun("go", stream=True) for _ in range(n)]
-    tasks = [asyncio.create_task(consume(stream)) for stream in streams]
+    streams: list[RunStream] = []
+    tasks: list[asyncio.Task[None]] = []
     started = time.perf_counter()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(live.done.wait(), LIVE_TIMEOUT)
-    if live.left:  # measured anyway over the runs that are live, and said so
-        print(f"  only {n - live.left:,} of {n:,} runs live after {LIVE_TIMEOUT:g} s", flush=True)
+    # In waves: thousands of simultaneous connects overflow the kernel's SYN queue, and the dropped
+    # ones are retried 1, 3, 7 ... s later; runs arriving over time are also what a service sees.
+    for wave in range(0, n, WAVE):
+        batch = [agents[i % len(agents)].arun("go", stream=True) for i in range(wave, min(n, wave + WAVE))]
+        streams += batch
+        tasks += [asyncio.create_task(consume(stream)) for stream in batch]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(live.reach(len(streams)), LIVE_TIMEOUT)
+    if live.count < n:  # measured anyway over the runs that are live, and said so
+        print(f"  only {live.count:,} of {n:,} runs went live", flush=True)
     else:
         print(f"  {n:,} runs live after {time.perf_counter() - started:.1f} s", flush=True)
     gc.collect()
-    per_run = (rss_bytes() - before) / max(n - live.left, 1)
+    per_run = (rss_bytes() - before) / max(live.count, 1)
     started = time.perf_counter()
     for stream in streams:
         cancel_run(stream.run_id)
@@ -79,49 +101,75 @@ async def _tether_round(agent: Agent, n: int) -> tuple[float, float]:
     return per_run, ended
 
 
-class Countdown:
-    """Set ``done`` once ``tick`` has been called n times."""
+class Live:
+    """How many runs have delivered their first chunk; ``reach(k)`` waits until k have."""
 
-    def __init__(self, n: int) -> None:
-        self.left = n
-        self.done = asyncio.Event()
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = asyncio.Event()
 
     def tick(self) -> None:
-        self.left -= 1
-        if self.left == 0:
-            self.done.set()
+        self.count += 1
+        self._changed.set()
+
+    async def reach(self, target: int) -> None:
+        while self.count < target:
+            self._changed.clear()
+            await self._changed.wait()
 
 
-def agno_live(base_url: str, n: int) -> tuple[float, float] | None:
-    try:
-        import _agno_side
-    except ImportError:  # the main venv has no agno: tether's figures only
+def measure(who: str, n: int) -> tuple[float, float] | None:
+    """One runtime's figures, measured in a fresh process: memory freed by an earlier measurement stays
+    in this process's allocator and would be reused, hiding the next one's cost."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--one", who, str(n)], capture_output=True, text=True, check=False
+    )
+    sys.stdout.write(done.stderr)
+    if done.returncode == NO_AGNO:
         return None
-    return asyncio.run(_agno_side.live_runs(base_url, n))
+    if done.returncode != 0:
+        raise RuntimeError(f"measuring {who} with {n} runs failed (exit {done.returncode})")
+    per_run, cancel_all = json.loads(done.stdout.splitlines()[-1])
+    return float(per_run), float(cancel_all)
+
+
+def one(who: str, n: int) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket per live run
+    sys.stdout = sys.stderr  # progress lines; the figures alone go to the real stdout
+    with RemoteLoopback(slow(n)) as server:
+        if who == "tether":
+            figures = asyncio.run(tether_live(server.base_url, n))
+        else:
+            try:
+                import _agno_side
+            except ImportError:  # the main venv has no agno: tether's figures only
+                sys.exit(NO_AGNO)
+            figures = asyncio.run(_agno_side.live_runs(server.base_url, n))
+    print(json.dumps(figures), file=sys.__stdout__)
 
 
 def main(counts: list[int]) -> None:
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket per live run
-    print(f"live streaming runs (a chunk a second over HTTP); {machine()}")
+    print(f"live streaming runs (over HTTP, slowly: 1,000 chunks/s in all at most); {machine()}")
     print(f"{'runs':>7}  {'':<8}{'RSS/run':>10}{'cancel all':>12}")
     results: dict[str, object] = {"machine": machine()}
     for n in counts:
-        with RemoteLoopback(SLOW) as server:
-            per_run, cancel_all = asyncio.run(tether_live(server.base_url, n))
-            print(f"{n:>7}  {'tether':<8}{per_run / 1024:>7.1f} KB{cancel_all:>11.3f}s", flush=True)
+        ours = measure("tether", n)
+        assert ours is not None
+        per_run, cancel_all = ours
+        print(f"{n:>7}  {'tether':<8}{per_run / 1024:>7.1f} KB{cancel_all:>11.3f}s", flush=True)
         results[f"tether {n}"] = {"rss_per_run": per_run, "cancel_all": cancel_all}
-        if n <= 1000:
-            with RemoteLoopback(SLOW) as server:
-                agno = agno_live(server.base_url, n)
-            if agno is not None:
-                a_run, a_cancel = agno
-                results[f"agno {n}"] = {"rss_per_run": a_run, "cancel_all": a_cancel}
-                ratio = f"(tether: {per_run / a_run:.2f}x RSS, {cancel_all / a_cancel:.3f}x time)"
-                print(f"{n:>7}  {'agno':<8}{a_run / 1024:>7.1f} KB{a_cancel:>11.3f}s  {ratio}", flush=True)
-
+        agno = measure("agno", n) if n <= 1000 else None
+        if agno is not None:
+            a_run, a_cancel = agno
+            results[f"agno {n}"] = {"rss_per_run": a_run, "cancel_all": a_cancel}
+            ratio = f"(tether: {per_run / a_run:.2f}x RSS, {cancel_all / a_cancel:.3f}x time)"
+            print(f"{n:>7}  {'agno':<8}{a_run / 1024:>7.1f} KB{a_cancel:>11.3f}s  {ratio}", flush=True)
     save("live_runs", results)
 
 
 if __name__ == "__main__":
-    main([int(arg) for arg in sys.argv[1:]] or [1000, 10_000])
+    if sys.argv[1:2] == ["--one"]:
+        one(sys.argv[2], int(sys.argv[3]))
+    else:
+        main([int(arg) for arg in sys.argv[1:]] or [1000, 10_000])
