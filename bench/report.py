@@ -120,8 +120,10 @@ def live(data: dict[str, Any]) -> tuple[list[str], list[str]]:
                 f"| 10,000 live runs cancelled ≤ 2 s | {row['cancel_all']:.2f} s | "
                 f"{verdict(row['cancel_all'] <= 2)} |"
             )
-            kb = row["rss_per_run"] / 1024
-            targets.append(f"| ≤ 40 KB RSS per live run | {kb:.1f} KB | {verdict(kb <= 40)} |")
+    ours = [row["rss_per_run"] / 1024 for key, row in data.items() if key.startswith("tether")]
+    if ours:  # the worst of the run counts measured
+        kb = max(ours)
+        targets.append(f"| ≤ 40 KB RSS per live run | {kb:.1f} KB (worst) | {verdict(kb <= 40)} |")
     return lines, targets
 
 
