@@ -102,7 +102,10 @@ def cancels(data: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 def live(data: dict[str, Any]) -> tuple[list[str], list[str]]:
     lines = [
-        "### 4. Live streaming runs (a chunk a second each, over HTTP)",
+        "### 4. Live streaming runs over HTTP",
+        "",
+        "A chunk a second per run (every 10 s at 10,000 runs: one core's worth of paced chunks), runs started"
+        " in waves of 500, each runtime in a fresh process.",
         "",
         "| runs | runtime | RSS per live run | cancel them all |",
         "|---:|---|---:|---:|",
@@ -133,7 +136,9 @@ def server(load_data: dict[str, Any] | None, cross: dict[str, Any] | None) -> tu
     if load_data:
         sse = load_data["sse"]
         lines += [
-            f"SSE with {load_data['clients']} concurrent streaming clients (one `tether serve` worker):",
+            f"SSE with {load_data['clients']} concurrent streaming clients (one `tether serve` worker;"
+            " `direct`: the same clients reading the model server's stream with no tether in between,"
+            " the machine's limit for this shape; `bench/server_load.py` prints each process's CPU):",
             "",
             "| path | chunks/s |",
             "|---|---:|",
