@@ -43,6 +43,7 @@ from typing import Any
 
 import httpx2
 import openai
+from _common import rss_bytes
 from agno.agent import Agent
 from agno.models.openai import OpenAIChat
 from agno.run import RunContext
@@ -337,7 +338,7 @@ async def live_runs_detail(base_url: str, n: int) -> Live:
     """`live_runs`, also saying how long the runs took to go live and how they ended."""
     async with _agno(base_url, connections=n) as (agent, _):
         gc.collect()
-        before = _rss()
+        before = rss_bytes()
         started = time.perf_counter()
         firsts = {uuid.uuid4().hex: asyncio.Event() for _ in range(n)}
         consumers = [
@@ -348,7 +349,7 @@ async def live_runs_detail(base_url: str, n: int) -> Live:
             async with asyncio.timeout(LIVE_CAP + n * LIVE_START_PER_RUN):
                 await asyncio.gather(*(first.wait() for first in firsts.values()))
             start_seconds = time.perf_counter() - started
-            rss_per_run = (_rss() - before) / n
+            rss_per_run = (rss_bytes() - before) / n
             cancelled_at = time.perf_counter()
             for run_id in firsts:
                 agent.cancel_run(run_id)
@@ -360,14 +361,6 @@ async def live_runs_detail(base_url: str, n: int) -> Live:
     last = time.perf_counter() if pending else max((at for _, at in ends), default=cancelled_at)
     endings = Counter(ending for ending, _ in ends) + Counter({"timeout": len(pending)})
     return Live(rss_per_run, last - cancelled_at, start_seconds, endings)
-
-
-def _rss() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 # -- smoke run -------------------------------------------------------------------------------------------
