@@ -17,10 +17,11 @@ How Agno cancels (file:line in agno 3.1.10):
   only at the first chunk after it; a running tool is never interrupted (models/base.py:2821 gathers the
   tool calls to completion), and with default events the flag is seen only at the first chunk of the
   follow-up model request that Agno still sends after the tool.
-- The abandoned model stream is not closed: its generators are dropped mid-iteration, and the openai
-  `AsyncStream` is in a reference cycle with its own `__stream__` generator, so the HTTP stream stays
-  open (the server keeps sending) until the cyclic garbage collector runs. The harness collects it after
-  each trial or batch, outside every timed interval, so leaked streams cannot load later trials.
+- The model stream of a cancelled run is closed when the run ends (mid-stream ~50 ms after the cancel
+  here, by `cancel_latency.py` with the cycle collector off). A stream abandoned without its generators
+  being closed stays open until the cyclic garbage collector runs (the openai `AsyncStream` is in a cycle
+  with its `__stream__` generator), so the harness collects after each trial or batch, outside every
+  timed interval, so that no leaked stream can load later trials.
 
     .venv-bench/bin/python bench/_agno_side.py      # smoke run, about a minute
 """
