@@ -34,13 +34,7 @@ class Channel:
 
     def put(self, event: BaseRunEvent) -> bool:
         """Deliver ``event`` now; False when the consumer has gone away."""
-        try:
-            self.send.send_nowait(event)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return False
-        self.backlog += 1
-        self._wake()
-        return True
+        return self.put_many([event])
 
     def put_many(self, events: list[BaseRunEvent]) -> bool:
         """Deliver ``events`` now, in order; False when the consumer has gone away."""
