@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from ..exceptions import (
     ModelStatusError,
     ModelTimeoutError,
 )
+from ._clients import ClientSet
 from .base import ModelDelta, ModelTurnEnd, ModelUsage, ToolSpec
 
 CLOSE_TIMEOUT = 2.0
@@ -36,7 +38,12 @@ class OpenAIChat:
 
     ``api_key`` defaults to ``OPENAI_API_KEY`` and ``base_url`` to ``OPENAI_BASE_URL``; a local
     server (Ollama, vLLM, llama.cpp) needs only ``base_url``. ``client`` lets you pass your own
-    ``openai.AsyncOpenAI`` (you then own its lifetime and event loop).
+    ``openai.AsyncOpenAI`` (you then own its lifetime, its event loop and its connection limits).
+
+    Without ``client``, each event loop gets its own clients, and a client carries at most
+    ``streams_per_client`` concurrent streams (one connection each); more streams open more
+    clients. httpx's connection pool spends time in proportion to its size on every request and
+    every close, so thousands of live streams are faster to start and to cancel in small pools.
 
     Example::
 
@@ -57,9 +64,12 @@ class OpenAIChat:
         include_usage: bool = True,
         extra_body: dict[str, Any] | None = None,
         client: openai.AsyncOpenAI | None = None,
+        streams_per_client: int = 100,
     ) -> None:
         if not id or not isinstance(id, str):
             raise ConfigurationError("OpenAIChat needs a model id, e.g. OpenAIChat(id='gpt-5-mini')")
+        if type(streams_per_client) is not int or streams_per_client < 1:
+            raise ConfigurationError(f"streams_per_client must be an int >= 1 (got {streams_per_client!r})")
         self._id = id
         self.base_url = base_url
         self.api_key = api_key
@@ -70,8 +80,10 @@ class OpenAIChat:
         self.max_tokens = max_tokens
         self.include_usage = include_usage
         self.extra_body = dict(extra_body or {})
+        self.streams_per_client = streams_per_client
         self._own_client = client
-        self._clients = LoopBound(self._new_client, _close_client)
+        self._ssl_context: ssl.SSLContext | None = None
+        self._clients = LoopBound(lambda: ClientSet(self._new_client, streams_per_client), ClientSet.close)
 
     @property
     def id(self) -> str:
@@ -89,7 +101,7 @@ class OpenAIChat:
     def _base_url(self) -> str | None:
         return self.base_url or os.environ.get("OPENAI_BASE_URL") or None
 
-    def _new_client(self) -> openai.AsyncOpenAI:
+    def _new_client(self, connections: int) -> openai.AsyncOpenAI:
         base_url = self._base_url()
         api_key = self.api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key:
@@ -99,7 +111,16 @@ class OpenAIChat:
                     "(for a local server such as Ollama or vLLM, pass base_url=... or set OPENAI_BASE_URL)"
                 )
             api_key = "not-needed"  # local OpenAI-compatible servers ignore it; the client wants one
-        kwargs: dict[str, Any] = {"api_key": api_key, "base_url": base_url, "max_retries": self.max_retries}
+        if self._ssl_context is None:  # one for all clients: each would load the CA bundle again
+            self._ssl_context = httpx2.create_ssl_context()
+        limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
+        http = openai.DefaultAsyncHttpxClient(limits=limits, verify=self._ssl_context)
+        kwargs: dict[str, Any] = {
+            "api_key": api_key,
+            "base_url": base_url,
+            "max_retries": self.max_retries,
+            "http_client": http,
+        }
         if self.organization:
             kwargs["organization"] = self.organization
         if self.timeout is not None:
@@ -127,20 +148,16 @@ class OpenAIChat:
     ) -> AsyncGenerator[ModelDelta, None]:
         # One generator step per network read (a list of texts), not per chunk: the step is most of
         # the per-chunk cost once the JSON is parsed.
-        client = self._own_client or await self._clients.get()
+        client, lease = self._own_client, None
+        if client is None:
+            lease = (await self._clients.get()).lease()
+            client = lease.client
         try:
-            # The client's generic ``post`` (its auth, retries, timeout and status errors) returning the
-            # raw response: ``chat.completions.create`` would add a per-request wrapper, a transformed
-            # copy of the body and parsing machinery that a live stream keeps alive for its whole life.
-            response = await client.post(
-                "/chat/completions",
-                cast_to=httpx2.Response,
-                body=self._body(messages, tools),
-                options={"extra_json": self.extra_body} if self.extra_body else {},
-                stream=True,
-            )
-        except Exception as exc:
-            raise self._translate(exc) from exc
+            response = await self._open(client, messages, tools)
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
         turn = _Turn()
         # SSE usually comes uncompressed: then the raw reads, without aiter_bytes' decoding layer.
         raw = not response.is_stream_consumed and "content-encoding" not in response.headers
@@ -166,11 +183,33 @@ class OpenAIChat:
         except Exception as exc:
             raise self._translate(exc) from exc
         finally:
-            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
-                # Closing the reads now (a no-op once they failed or ended) rather than leaving a
-                # suspended generator for the event loop to finalize in a task of its own later.
-                await reads.aclose()
-                await response.aclose()
+            # A read that failed or was cancelled has closed the response on its way out; else
+            # close the reads now rather than leave a suspended generator for the event loop to
+            # finalize in a task of its own later.
+            if not response.is_closed or getattr(reads, "ag_frame", None) is not None:
+                with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                    await reads.aclose()
+                    await response.aclose()
+            if lease is not None:
+                lease.release()
+
+    async def _open(
+        self, client: openai.AsyncOpenAI, messages: Sequence[Message], tools: Sequence[ToolSpec]
+    ) -> httpx2.Response:
+        """Send the request; the response is open for streaming."""
+        try:
+            # The client's generic ``post`` (its auth, retries, timeout and status errors) returning the
+            # raw response: ``chat.completions.create`` would add a per-request wrapper, a transformed
+            # copy of the body and parsing machinery that a live stream keeps alive for its whole life.
+            return await client.post(
+                "/chat/completions",
+                cast_to=httpx2.Response,
+                body=self._body(messages, tools),
+                options={"extra_json": self.extra_body} if self.extra_body else {},
+                stream=True,
+            )
+        except Exception as exc:
+            raise self._translate(exc) from exc
 
     def _translate(self, exc: Exception) -> Exception:
         where = self._base_url() or "the OpenAI API"
@@ -318,7 +357,3 @@ def _status_detail(exc: openai.APIStatusError) -> str:
         if isinstance(inner, dict) and inner.get("message"):
             return str(inner["message"])
     return exc.message
-
-
-async def _close_client(client: openai.AsyncOpenAI) -> None:
-    await client.close()
