@@ -38,7 +38,11 @@ async def test_outer_cancel_of_a_streaming_consumer_propagates_and_is_recorded()
     out = stream.output
     assert out is not None and out.status is RunStatus.cancelled
     assert (out.cancel_source, out.cancel_reason) == ("outer", None)
-    assert out.content == "".join(seen) and seen
+    assert seen == CHUNKS[: len(seen)] and seen
+    # Delivered means put in the channel: a chunk put in the same loop turn as the consumer's
+    # cancellation is in the output, though the cancelled consumer never reads it. Never more.
+    unread = out.content[len("".join(seen)) :]
+    assert out.content.startswith("".join(seen)) and unread in ("", CHUNKS[len(seen)])
     assert agent.model.open_streams == 0  # type: ignore[attr-defined]
     assert active_runs() == []
 
@@ -92,7 +96,7 @@ async def test_break_cancels_the_run_as_consumer() -> None:
     gc.collect()
     assert handle is not None
     with anyio.fail_after(1):
-        await handle.done.wait()  # type: ignore[union-attr]
+        await handle.done_event().wait()
     assert handle.status is RunStatus.cancelled and handle.cancel_source == "consumer"
     assert agent.model.open_streams == 0  # type: ignore[attr-defined]
 
@@ -123,3 +127,19 @@ async def test_a_stream_that_is_never_read_leaves_nothing_behind() -> None:
     gc.collect()
     assert active_runs() == []
     assert agent.model.calls == []  # type: ignore[attr-defined]
+
+
+async def test_the_done_event_of_an_ended_run_is_set_when_asked_for() -> None:
+    agent = slow_agent()
+    stream = agent.arun("go", stream=True)
+    handle = stream.handle
+    output = await stream.collect()
+    assert output.status is RunStatus.completed and handle.ended
+    assert handle.done is None  # nobody waited: no event was made
+    assert handle.done_event().is_set()
+
+    never_read = agent.arun("go", stream=True)
+    waiting = never_read.handle.done_event()
+    assert not waiting.is_set()
+    await never_read.aclose()  # its run never started: it ends here, and says so
+    assert waiting.is_set() and never_read.handle.status is RunStatus.cancelled

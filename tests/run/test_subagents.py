@@ -55,9 +55,7 @@ async def test_cancelling_the_parent_cancels_the_child_first() -> None:
             assert parent.cancel_run(stream.run_id, reason="stop all") is True
             assert child.cancel_requested and child.cancel_source == "parent"
         if event.is_terminal:
-            order.append(
-                "parent" if child.done is not None and child.done.is_set() else "parent-before-child"
-            )
+            order.append("parent" if child.ended else "parent-before-child")
     assert order == ["parent"], "the child ended before the parent's terminal event"
     assert (child.status, child.cancel_source, child.cancel_reason) == (
         RunStatus.cancelled,

@@ -128,8 +128,8 @@ RunOutputEvent = Annotated[
 _TERMINAL = frozenset({RunEvent.run_completed, RunEvent.run_cancelled, RunEvent.run_error})
 TERMINAL_EVENT_TYPES = (RunCompletedEvent, RunCancelledEvent, RunErrorEvent)
 
-_E = TypeVar("_E", bound=BaseRunEvent)
-_FIELDS_SETS: dict[type[BaseRunEvent], set[str]] = {}
+_M = TypeVar("_M", bound=BaseModel)
+_FIELDS_SETS: dict[type[BaseModel], set[str]] = {}
 # BaseModel's own slot setters: calling them directly skips a lookup per attribute on the hot path.
 _set_dict = BaseModel.__dict__["__dict__"].__set__
 _set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
@@ -137,8 +137,8 @@ _set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
 _set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
-def construct(cls: type[_E], fields: dict[str, Any]) -> _E:
-    """Build an event from already-valid values without validation (the per-chunk hot path).
+def construct(cls: type[_M], fields: dict[str, Any]) -> _M:
+    """Build a model from already-valid values without validation (the per-chunk hot path).
 
     ``fields`` must hold every field of ``cls``; this is ``model_construct`` minus its per-field
     default handling, which costs more than the rest of the chunk's work.
@@ -146,10 +146,10 @@ def construct(cls: type[_E], fields: dict[str, Any]) -> _E:
     fields_set = _FIELDS_SETS.get(cls)
     if fields_set is None:
         fields_set = _FIELDS_SETS[cls] = set(cls.model_fields)
-    event = cls.__new__(cls)
-    _set_dict(event, fields)
+    model = cls.__new__(cls)
+    _set_dict(model, fields)
     # Shared safely: it already names every field, so pydantic's later ``add`` never changes it.
-    _set_fields_set(event, fields_set)
-    _set_extra(event, None)
-    _set_private(event, None)
-    return event
+    _set_fields_set(model, fields_set)
+    _set_extra(model, None)
+    _set_private(model, None)
+    return model

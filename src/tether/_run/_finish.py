@@ -8,7 +8,15 @@ from typing import Any
 
 from .._messages import Message
 from ..exceptions import TetherError
-from ._events import BaseRunEvent, RunCancelledEvent, RunCompletedEvent, RunErrorEvent, RunStatus
+from ._events import (
+    BaseRunEvent,
+    RunCancelledEvent,
+    RunCompletedEvent,
+    RunErrorEvent,
+    RunEvent,
+    RunStatus,
+    construct,
+)
 from ._output import RunMetrics, RunOutput
 from ._persist import persist
 from ._registry import registry
@@ -33,8 +41,7 @@ async def finish(state: RunState, failure: BaseException | None) -> None:
     registry.unregister(handle)
     state.channel.put(_terminal_event(output))
     state.channel.end()
-    if handle.done is not None:
-        handle.done.set()
+    handle.mark_ended()
 
 
 def _repair_history(state: RunState, status: RunStatus) -> None:
@@ -49,22 +56,31 @@ def _repair_history(state: RunState, status: RunStatus) -> None:
 
 
 def snapshot(state: RunState, status: RunStatus, failure: BaseException | None = None) -> RunOutput:
-    """The run as a RunOutput with ``status`` (RUNNING for the row written at start)."""
+    """The run as a RunOutput with ``status`` (RUNNING for the row written at start).
+
+    Built without validation (every value below is already of its field's type): it is made once
+    per run and once per live-output read, thousands at a time when a server cancels everything.
+    """
     handle = state.handle
-    metrics = RunMetrics(duration=time.monotonic() - state.started_at)
-    if state.first_token_at is not None:
-        metrics.time_to_first_token = state.first_token_at - state.started_at
-    if state.usage is not None:
-        metrics.input_tokens = state.usage.input_tokens
-        metrics.output_tokens = state.usage.output_tokens
-        metrics.total_tokens = state.usage.total_tokens
+    usage = state.usage
+    first_token = state.first_token_at
+    metrics = construct(
+        RunMetrics,
+        {
+            "duration": time.monotonic() - state.started_at,
+            "time_to_first_token": None if first_token is None else first_token - state.started_at,
+            "input_tokens": usage.input_tokens if usage else None,
+            "output_tokens": usage.output_tokens if usage else None,
+            "total_tokens": usage.total_tokens if usage else None,
+        },
+    )
     error = error_type = None
     if failure is not None and status is RunStatus.error:
         error_type = type(failure).__name__
         error = str(failure) if isinstance(failure, TetherError) else f"{error_type}: {failure}"
     cancelled = status is RunStatus.cancelled
-    return RunOutput(
-        **state.common(),
+    fields = state.common()
+    fields.update(
         user_id=handle.user_id,
         parent_run_id=handle.parent_run_id,
         model=state.spec.model.id,
@@ -78,21 +94,25 @@ def snapshot(state: RunState, status: RunStatus, failure: BaseException | None =
         metrics=metrics,
         created_at=state.wall_started,
     )
+    return construct(RunOutput, fields)
 
 
 def _terminal_event(output: RunOutput) -> BaseRunEvent:
-    common: dict[str, Any] = {
+    fields: dict[str, Any] = {
         "run_id": output.run_id,
         "agent_id": output.agent_id,
         "agent_name": output.agent_name,
         "session_id": output.session_id,
+        "created_at": int(time.time()),
         "status": output.status,
         "content": output.content,
     }
     if output.status is RunStatus.cancelled:
-        return RunCancelledEvent(**common, reason=output.cancel_reason, source=output.cancel_source)
+        fields.update(event=RunEvent.run_cancelled, reason=output.cancel_reason, source=output.cancel_source)
+        return construct(RunCancelledEvent, fields)
     if output.status is RunStatus.error:
-        return RunErrorEvent(
-            **common, error=output.error or "run failed", error_type=output.error_type or "Error"
-        )
-    return RunCompletedEvent(**common)
+        error, error_type = output.error or "run failed", output.error_type or "Error"
+        fields.update(event=RunEvent.run_error, error=error, error_type=error_type)
+        return construct(RunErrorEvent, fields)
+    fields["event"] = RunEvent.run_completed
+    return construct(RunCompletedEvent, fields)

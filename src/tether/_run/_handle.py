@@ -45,6 +45,7 @@ class RunHandle:
         "cancel_source",
         "children",
         "done",
+        "ended",
         "interrupting",
         "parent_run_id",
         "run_id",
@@ -82,7 +83,8 @@ class RunHandle:
         self.cancel_source: CancelSource | None = None
         self.children: list[RunHandle] = []
         self.task: asyncio.Task[None] | None = None
-        self.done: anyio.Event | None = None
+        self.done: anyio.Event | None = None  # made when first waited on: most runs never are
+        self.ended = False
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -91,10 +93,18 @@ class RunHandle:
         self._timers: list[asyncio.TimerHandle] = []
 
     def done_event(self) -> anyio.Event:
-        """Set when the run has ended. Create and wait on it only in the run's own event loop."""
+        """Set once the run has ended (at once if it has). Wait on it only in the run's own event loop."""
         if self.done is None:
             self.done = anyio.Event()
+            if self.ended:
+                self.done.set()
         return self.done
+
+    def mark_ended(self) -> None:
+        """The run is over: its outcome is stored and its terminal event sent (or it never started)."""
+        self.ended = True
+        if self.done is not None:
+            self.done.set()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:

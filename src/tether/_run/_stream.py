@@ -140,7 +140,6 @@ class RunStream:
     def _start(self) -> RunState:
         state = self._state = self._make_state(self.handle)
         self.handle.snapshot = functools.partial(_live_output, state)
-        self.handle.done_event()
         self.handle.task = asyncio.get_running_loop().create_task(
             execute(state), name=f"tether-run-{self.run_id}"
         )
@@ -161,6 +160,7 @@ class RunStream:
             self.handle.request_cancel(None, "consumer")
             self.handle.decide(failed=False)
             registry.unregister(self.handle)
+            self.handle.mark_ended()
 
     def _close_channel(self) -> None:
         self._ended = True
@@ -168,10 +168,9 @@ class RunStream:
             self._state.channel.receive.close()
 
     async def _wait_done(self) -> None:
-        done = self.handle.done
-        if done is not None:
+        if self._state is not None:  # a run that never started has nothing to wait for
             with anyio.move_on_after(OUTER_CANCEL_WAIT, shield=True):
-                await done.wait()
+                await self.handle.done_event().wait()
 
     async def _on_outer_cancel(self) -> None:
         self.handle.request_cancel(None, "outer")

@@ -52,7 +52,9 @@ async def stream_turn(state: RunState) -> ModelTurnEnd | None:
                 await channel.wait_for_room()
     finally:
         aclose = getattr(deltas, "aclose", None)
-        if aclose is not None:
+        # An async generator that returned or raised (a cancel usually unwinds through it) has no
+        # frame left: nothing to close, and no need for a shielded scope per run.
+        if aclose is not None and getattr(deltas, "ag_frame", True) is not None:
             # Shielded and bounded: the upstream must be closed even though we are cancelled.
             with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
                 await aclose()
