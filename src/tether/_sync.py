@@ -21,6 +21,7 @@ import anyio
 from anyio.from_thread import BlockingPortal
 
 from ._run import BaseRunEvent, RunOutput, RunStream, registry
+from ._run._registry import stop_runs
 from .exceptions import ConfigurationError
 
 T = TypeVar("T")
@@ -103,15 +104,9 @@ async def _await(fn: Callable[[], Awaitable[T]]) -> T:
 
 
 async def _shutdown_runs() -> None:
-
     loop = asyncio.get_running_loop()
-    handles = [h for h in registry.handles() if h.loop is loop]
-    for handle in handles:
-        handle.request_cancel("interpreter exit", "shutdown")
-    with anyio.move_on_after(STOP_TIMEOUT):
-        for handle in handles:
-            if handle.done is not None:
-                await handle.done.wait()
+    handles = [h for h in registry.handles() if h.task is not None and h.task.get_loop() is loop]
+    await stop_runs(handles, "interpreter exit", "shutdown", STOP_TIMEOUT)
 
 
 bridge = Bridge()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import TYPE_CHECKING
+
+import anyio
 
 from ..exceptions import ConfigurationError
 from ._events import CancelSource
@@ -145,6 +148,21 @@ def _cancel_here(
     if registry.get(run_id) is not None or registry.remote is None:
         return registry.cancel(run_id, reason=reason, agent_id=agent_id, mode=mode, grace=grace)
     return None
+
+
+async def stop_runs(handles: list[RunHandle], reason: str, source: CancelSource, wait: float) -> None:
+    """Cancel ``handles``; wait (shielded, ``wait`` seconds in all) for those running on this loop.
+
+    A run's done event is waited on in its own loop only; a run that never started ends as it is
+    cancelled, so there is nothing to wait for.
+    """
+    for handle in handles:
+        handle.request_cancel(reason, source)
+    loop = asyncio.get_running_loop()
+    with anyio.move_on_after(wait, shield=True):
+        for handle in handles:
+            if handle.task is not None and handle.task.get_loop() is loop:
+                await handle.done_event().wait()
 
 
 def active_runs() -> list[str]:

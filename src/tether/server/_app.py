@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-import anyio
 from fastapi import Depends, FastAPI
 
 from .. import __version__
 from .._agent import Agent
 from .._run import registry
+from .._run._registry import stop_runs
 from .._wire import Health
 from ..exceptions import ConfigurationError
 from ..storage import Storage, storage_from_url
@@ -116,9 +116,4 @@ async def _attach_remote(redis_url: str | None) -> RedisCancellation | None:
 async def shutdown_runs(state: ServerState) -> None:
     """Cancel the app's live runs (``source="shutdown"``) and wait, bounded, until they are stored."""
     handles = [h for h in registry.handles() if h.agent_id in state.agents]
-    for handle in handles:
-        handle.request_cancel("server shutting down", "shutdown")
-    with anyio.move_on_after(SHUTDOWN_WAIT, shield=True):
-        for handle in handles:
-            if handle.done is not None:
-                await handle.done.wait()
+    await stop_runs(handles, "server shutting down", "shutdown", SHUTDOWN_WAIT)
