@@ -321,8 +321,10 @@ class Live:
     endings: Counter[str]
 
 
-async def live_runs(base_url: str, n: int) -> tuple[float, float]:
+async def live_runs(base_url: str, n: int, wave: int = 100) -> tuple[float, float]:
     """n concurrent streamed runs: (RSS growth in bytes per live run, seconds to cancel them all).
+
+    The runs start in waves of `wave`, each once the one before is live, as in tether's measurement.
 
     The server should be slow (`Reply(chunks=[...many...], pace=1.0)`). VmRSS is read before the first
     run starts and once every run has had its first text event; it includes the loopback server's share
@@ -331,24 +333,28 @@ async def live_runs(base_url: str, n: int) -> tuple[float, float]:
     (or its iterator ended); with pace=1.0 Agno needs up to a second, until each run's next chunk. The
     HTTP pool is sized for n connections (see `_agno`).
     """
-    live = await live_runs_detail(base_url, n)
+    live = await live_runs_detail(base_url, n, wave)
     return live.rss_per_run, live.cancel_all_seconds
 
 
-async def live_runs_detail(base_url: str, n: int) -> Live:
+async def live_runs_detail(base_url: str, n: int, wave: int = 100) -> Live:
     """`live_runs`, also saying how long the runs took to go live and how they ended."""
     async with _agno(base_url, connections=n) as (agent, _):
         gc.collect()
         before = rss_bytes()
         started = time.perf_counter()
         firsts = {uuid.uuid4().hex: asyncio.Event() for _ in range(n)}
-        consumers = [
-            asyncio.create_task(_consume(agent.arun("go", stream=True, run_id=run_id), first))
-            for run_id, first in firsts.items()
-        ]
+        waves = list(firsts.items())
+        consumers: list[asyncio.Task[tuple[str, float]]] = []
         try:
             async with asyncio.timeout(LIVE_CAP + n * LIVE_START_PER_RUN):
-                await asyncio.gather(*(first.wait() for first in firsts.values()))
+                for at in range(0, n, wave):
+                    batch = waves[at : at + wave]
+                    consumers += [
+                        asyncio.create_task(_consume(agent.arun("go", stream=True, run_id=run_id), first))
+                        for run_id, first in batch
+                    ]
+                    await asyncio.gather(*(first.wait() for _, first in batch))
             start_seconds = time.perf_counter() - started
             rss_per_run = (rss_bytes() - before) / n
             cancelled_at = time.perf_counter()

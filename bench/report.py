@@ -105,14 +105,16 @@ def live(data: dict[str, Any]) -> tuple[list[str], list[str]]:
         "### 4. Live streaming runs over HTTP",
         "",
         "A chunk a second per run (every 10 s at 10,000 runs: one core's worth of paced chunks), runs started"
-        " in waves of 500, each runtime in a fresh process.",
+        f" in waves of {data.get('wave', 100)} (each once the one before is live), each runtime in a fresh"
+        " process; tether through one plain `OpenAIChat`, which spreads its streams over clients of 100"
+        " connections.",
         "",
         "| runs | runtime | RSS per live run | cancel them all |",
         "|---:|---|---:|---:|",
     ]
     targets = []
     for key, row in data.items():
-        if key == "machine":
+        if key in ("machine", "wave"):
             continue
         who, n = key.split()
         lines.append(
