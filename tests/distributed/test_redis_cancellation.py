@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import tether
 from tether import Agent, RemoteCancelError, RunEvent, RunStatus
 from tether._run import registry
 from tether.distributed import RedisCancellation
+from tether.storage._base import owner_id
 from tether.testing import ScriptedModel
 
 from .conftest import ThrowawayRedis, free_port
@@ -94,6 +96,24 @@ async def test_no_redis_command_per_streamed_chunk(
     counter.close()
 
 
+async def test_a_run_is_in_redis_before_its_first_event_and_gone_after_its_end(
+    redis_url: str, prefix: str, attached: RedisCancellation
+) -> None:
+    # A "Stop" sent to another worker as soon as the run's first event arrives must find the run.
+    reader = redis.Redis.from_url(redis_url)
+    agent = Agent(name="visible", model=ScriptedModel(["a "], stall=30, stall_at=0))
+    try:
+        entries = []
+        async for event in agent.arun("go", stream=True, run_id="seen-1"):
+            if event.event == RunEvent.run_started:
+                entries.append(reader.hget(f"{prefix}runs", "seen-1"))
+                assert await agent.acancel_run("seen-1") is True
+        assert [json.loads(raw) for raw in entries] == [{"owner": owner_id(), "agent": "visible"}]
+        await _until(lambda: reader.hget(f"{prefix}runs", "seen-1") is None)
+    finally:
+        reader.close()
+
+
 async def test_a_lost_message_is_not_lost_the_durable_marker_stops_the_run(
     redis_url: str, prefix: str, attached: RedisCancellation
 ) -> None:
@@ -137,6 +157,23 @@ async def test_redis_down_runs_and_local_cancels_work_remote_cancel_fails_fast(p
         assert (await agent.arun("again")).status is RunStatus.completed
     finally:
         await remote.adetach()
+
+
+async def test_a_redis_that_never_answers_delays_a_run_start_by_connect_timeout_at_most(prefix: str) -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        remote = RedisCancellation(url, prefix=prefix, connect_timeout=0.2, ack_timeout=0.4)
+        await remote.aattach()
+        try:
+            agent = Agent(name="unheard", model=ScriptedModel(["still ", "answers"]))
+            started = time.monotonic()
+            out = await agent.arun("go")
+            assert (out.status, out.content) == (RunStatus.completed, "still answers")
+            assert time.monotonic() - started < 0.9  # its commands time out only after 1 s
+        finally:
+            await remote.adetach()
 
 
 async def test_live_runs_are_registered_again_when_redis_comes_back(prefix: str) -> None:

@@ -16,6 +16,7 @@ from ..exceptions import MaxStepsExceededError
 from ._events import RunStartedEvent, RunStatus
 from ._finish import finish
 from ._persist import prepare
+from ._registry import registry
 from ._state import RunState
 from ._tool_phase import run_tool_calls
 from ._turn import stream_turn
@@ -28,6 +29,7 @@ async def execute(state: RunState) -> None:
     try:
         with anyio.CancelScope() as scope:
             handle.attach(scope)
+            await registry.started(handle)  # other workers can cancel the run from its first event on
             state.emit(RunStartedEvent(**state.common(), status=RunStatus.running, model=state.spec.model.id))
             await checkpoint_if_cancelled()  # cancelled while pending: the model is never called
             await prepare(state)

@@ -35,6 +35,11 @@ class RunRegistry:
         if self.remote is not None:
             self.remote.run_registered(handle)
 
+    async def started(self, handle: RunHandle) -> None:
+        """A registered run is starting: publish it to the remote canceller, if one is attached."""
+        if self.remote is not None:
+            await self.remote.run_started(handle)
+
     def unregister(self, handle: RunHandle) -> None:
         with self._lock:
             if self._runs.get(handle.run_id) is handle:

@@ -21,6 +21,13 @@ class Remote(Protocol):
     def run_registered(self, handle: RunHandle) -> None:
         """A run now lives in this process (any thread; must not block)."""
 
+    async def run_started(self, handle: RunHandle) -> None:
+        """In the run's task, before its first event: return once other processes can find the run.
+
+        Bounded and shielded by the implementation; never raises (a canceller that cannot publish now
+        publishes later).
+        """
+
     def run_unregistered(self, handle: RunHandle) -> None:
         """A run no longer lives in this process (any thread; must not block)."""
 

@@ -2,23 +2,25 @@
 
 Keys, under ``prefix``:
 
-- ``runs`` (hash): run id -> ``{"owner", "agent"}``; written when a run registers, removed when it ends,
-  and rewritten for every live run by the heartbeat (so a Redis restart loses nothing for long);
+- ``runs`` (hash): run id -> ``{"owner", "agent"}``; written when a run starts (before its first
+  event), removed when it ends, and rewritten for every live run by the heartbeat (so a Redis restart
+  loses nothing for long);
 - ``owner:<owner>``: the owner's liveness, refreshed by one heartbeat pipeline every few seconds;
 - ``cancel:<owner>`` (pub/sub): cancel requests for that owner's runs;
 - ``ack:<request>`` (pub/sub): the owner's answer to one request;
 - ``marker:<run>``: a durable copy of a cancel request, written before publishing; the owner's heartbeat
   applies it, so a lost message still stops the run within one heartbeat.
 
-Nothing is sent per streamed chunk: one command when a run registers, one when it ends, one pipeline per
-heartbeat. All Redis I/O runs on tether's background event loop (the sync bridge's), so runs on any
-loop, in any thread, can use it.
+Nothing is sent per streamed chunk: one command when a run starts (awaited, so any worker can find
+the run once its first event is out), one when it ends, one pipeline per heartbeat. All Redis I/O runs
+on tether's background event loop (the sync bridge's), so runs on any loop, in any thread, can use it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -26,6 +28,7 @@ import time
 import uuid
 from typing import Any, cast
 
+import anyio
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -164,14 +167,28 @@ class RedisCancellation:
 
     def run_registered(self, handle: RunHandle) -> None:
         self._live[handle.run_id] = handle.agent_id
+
+    async def run_started(self, handle: RunHandle) -> None:
+        """Write the run's entry and wait (at most ``connect_timeout``) until Redis has it.
+
+        So a cancel sent to any worker once the run's first event is out finds the run. With Redis
+        known to be down the run does not wait: the heartbeat writes the entry when Redis is back.
+        """
         entry = json.dumps({"owner": self._owner, "agent": handle.agent_id})
-        self._soon(lambda client: client.hset(self._key("runs"), handle.run_id, entry))
+        written = self._soon(lambda client: client.hset(self._key("runs"), handle.run_id, entry))
+        if written is None or self._down_since is not None:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.connect_timeout):
+            # shield(): giving up waiting must not cancel the write itself
+            await asyncio.shield(asyncio.wrap_future(written))
 
     def run_unregistered(self, handle: RunHandle) -> None:
         self._live.pop(handle.run_id, None)
         self._soon(lambda client: client.hdel(self._key("runs"), handle.run_id))
 
-    def _soon(self, command: Any) -> None:
+    def _soon(self, command: Any) -> concurrent.futures.Future[None] | None:
+        """Send ``command`` from the bridge's loop; its future, or None when the bridge is stopping."""
+
         async def send() -> None:
             if self._client is None:
                 return
@@ -180,8 +197,10 @@ class RedisCancellation:
             except RedisError as exc:
                 self._note_down(exc)  # the heartbeat re-registers live runs when Redis is back
 
-        with contextlib.suppress(RuntimeError):  # the bridge is shutting down
-            bridge.portal().start_task_soon(send)
+        try:
+            return bridge.portal().start_task_soon(send)
+        except RuntimeError:  # the bridge is shutting down
+            return None
 
     # -- cancelling a run that lives elsewhere ---------------------------------------------------
 
