@@ -2,18 +2,19 @@
 
 Keys, under ``prefix``:
 
-- ``runs`` (hash): run id -> ``{"owner", "agent"}``; written when a run starts (before its first
-  event), removed when it ends, and rewritten for every live run by the heartbeat (so a Redis restart
-  loses nothing for long);
+- ``runs`` (hash): run id -> ``{"owner", "agent"}``; written when a run registers (and awaited before
+  its first event), removed when it ends, and rewritten for every live run by the heartbeat (so a Redis
+  restart loses nothing for long);
 - ``owner:<owner>``: the owner's liveness, refreshed by one heartbeat pipeline every few seconds;
 - ``cancel:<owner>`` (pub/sub): cancel requests for that owner's runs;
 - ``ack:<request>`` (pub/sub): the owner's answer to one request;
 - ``marker:<run>``: a durable copy of a cancel request, written before publishing; the owner's heartbeat
   applies it, so a lost message still stops the run within one heartbeat.
 
-Nothing is sent per streamed chunk: one command when a run starts (awaited, so any worker can find
-the run once its first event is out), one when it ends, one pipeline per heartbeat. All Redis I/O runs
-on tether's background event loop (the sync bridge's), so runs on any loop, in any thread, can use it.
+Nothing is sent per streamed chunk: one command when a run registers (awaited before its first event,
+so any worker can find the run once a client has seen it), one when it ends, one pipeline per heartbeat.
+All Redis I/O runs on tether's background event loop (the sync bridge's), so runs on any loop, in any
+thread, can use it.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class RedisCancellation:
         self.connect_timeout = connect_timeout
         self._owner = owner_id()
         self._live: dict[str, str] = {}  # run id -> agent id, of runs living in this process
+        self._writes: dict[str, concurrent.futures.Future[None]] = {}  # entries of runs not yet started
         self._client: aioredis.Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._registry: RunRegistry | None = None
@@ -167,16 +169,19 @@ class RedisCancellation:
 
     def run_registered(self, handle: RunHandle) -> None:
         self._live[handle.run_id] = handle.agent_id
+        entry = json.dumps({"owner": self._owner, "agent": handle.agent_id})
+        written = self._soon(lambda client: client.hset(self._key("runs"), handle.run_id, entry))
+        if written is not None:
+            self._writes[handle.run_id] = written
 
     async def run_started(self, handle: RunHandle) -> None:
-        """Write the run's entry and wait (at most ``connect_timeout``) until Redis has it.
+        """Wait (at most ``connect_timeout``) until Redis has the entry :meth:`run_registered` sent.
 
         So a cancel sent to any worker once the run's first event is out finds the run. With Redis
         known to be down the run does not wait: the heartbeat writes the entry when Redis is back.
         """
-        entry = json.dumps({"owner": self._owner, "agent": handle.agent_id})
-        written = self._soon(lambda client: client.hset(self._key("runs"), handle.run_id, entry))
-        if written is None or self._down_since is not None:
+        written = self._writes.pop(handle.run_id, None)
+        if written is None or written.done() or self._down_since is not None:
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.connect_timeout):
             # shield(): giving up waiting must not cancel the write itself
@@ -184,6 +189,7 @@ class RedisCancellation:
 
     def run_unregistered(self, handle: RunHandle) -> None:
         self._live.pop(handle.run_id, None)
+        self._writes.pop(handle.run_id, None)  # a run that never started
         self._soon(lambda client: client.hdel(self._key("runs"), handle.run_id))
 
     def _soon(self, command: Any) -> concurrent.futures.Future[None] | None:
