@@ -77,6 +77,7 @@ class RedisCancellation:
         self._writes: dict[str, concurrent.futures.Future[None]] = {}  # entries of runs not yet started
         self._client: aioredis.Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._sending: set[asyncio.Task[Any]] = set()  # commands sent by _soon, in flight
         self._registry: RunRegistry | None = None
         self._down_since: float | None = None
         self._stopping = False
@@ -146,12 +147,14 @@ class RedisCancellation:
         # A flag as well as cancel(): on Python 3.11 a cancel that lands as redis-py's read timeout
         # expires becomes a TimeoutError, which it takes for "no message", and the loop would go on.
         self._stopping = True
+        client, self._client = self._client, None  # no command starts from here on
         for task in self._tasks:
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=3)
+        # Commands in flight end on their own (bounded by the socket timeout); closing the client under
+        # one that is still connecting would leave its new socket open.
+        if waiting := [*self._tasks, *self._sending]:
+            await asyncio.wait(waiting, timeout=3)
         self._tasks = []
-        client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._forget_mine(client)
@@ -196,12 +199,17 @@ class RedisCancellation:
         """Send ``command`` from the bridge's loop; its future, or None when the bridge is stopping."""
 
         async def send() -> None:
-            if self._client is None:
+            client = self._client
+            task = asyncio.current_task()
+            if client is None or task is None:
                 return
+            self._sending.add(task)
             try:
-                await command(self._client)
+                await command(client)
             except RedisError as exc:
                 self._note_down(exc)  # the heartbeat re-registers live runs when Redis is back
+            finally:
+                self._sending.discard(task)
 
         try:
             return bridge.portal().start_task_soon(send)
