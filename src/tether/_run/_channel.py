@@ -45,13 +45,8 @@ class Channel:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return False
         self.backlog += len(events)
-        self._wake()
+        wake(self._ready)
         return True
-
-    def _wake(self) -> None:
-        ready = self._ready
-        if ready is not None and not ready.done():
-            ready.set_result(None)
 
     async def wait_ready(self) -> None:
         """Consumer side: wait until something was put or the channel ended (cancellable).
@@ -65,7 +60,7 @@ class Channel:
     def end(self) -> None:
         """Producer side: nothing more will come; a waiting consumer wakes to read the rest."""
         self.send.close()
-        self._wake()
+        wake(self._ready)
 
     @property
     def full(self) -> bool:
@@ -85,6 +80,12 @@ class Channel:
             self._room = None
 
     def close(self) -> None:
-        self._wake()
+        wake(self._ready)
         self.send.close()
         self.receive.close()
+
+
+def wake(waiter: asyncio.Future[None] | None) -> None:
+    """Resolve ``waiter`` if someone waits on it (a one-shot wake-up between two tasks of one loop)."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)

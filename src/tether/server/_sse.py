@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .._run import RunStream
+from .._run._channel import wake
 from ._frames import FrameEncoder
 
 logger = logging.getLogger("tether.server")
@@ -63,17 +64,17 @@ class Outbox:
             self._parts.append(data)
             self._size += len(data)
         self.ended = self.ended or last
-        _wake(self._ready)
+        wake(self._ready)
 
     def end(self) -> None:
         self.ended = True
-        _wake(self._ready)
+        wake(self._ready)
 
     def close(self) -> None:
         self.closed = True
         self._parts.clear()
         self._size = 0
-        _wake(self._room)
+        wake(self._room)
 
     async def wait_for_room(self) -> None:
         while self.full:
@@ -88,13 +89,8 @@ class Outbox:
         data = b"".join(self._parts)
         self._parts.clear()
         self._size = 0
-        _wake(self._room)
+        wake(self._room)
         return data, self.ended
-
-
-def _wake(waiter: asyncio.Future[None] | None) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
 
 
 class Relays:
