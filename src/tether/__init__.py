@@ -12,6 +12,7 @@ Example::
 """
 
 from ._agent import Agent, RunOptions
+from ._cancel import cancel_run
 from ._messages import Message, ToolCall, ToolCallFunction
 from ._run import (
     BaseRunEvent,
@@ -32,7 +33,6 @@ from ._run import (
     ToolCallCompletedEvent,
     ToolCallStartedEvent,
     active_runs,
-    cancel_run,
 )
 from ._sync import SyncRunStream
 from .exceptions import (
@@ -46,6 +46,7 @@ from .exceptions import (
     ModelTimeoutError,
     RemoteCancelError,
     StorageError,
+    StreamBusyError,
     TetherError,
     ToolCancelledError,
     ToolError,
@@ -83,6 +84,7 @@ __all__ = [
     "RunStatus",
     "RunStream",
     "StorageError",
+    "StreamBusyError",
     "SyncRunStream",
     "TetherError",
     "Tool",

@@ -7,6 +7,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypedDict, Unpack, overload
 
+from ._background_loop import background_loop
+from ._cancel import acancel_anywhere, cancel_anywhere
 from ._ids import check_id, new_id, slug
 from ._messages import Message
 from ._run import (
@@ -20,8 +22,8 @@ from ._run import (
     RunStream,
     registry,
 )
-from ._run._registry import acancel_anywhere, cancel_anywhere
-from ._sync import SyncRunStream, bridge
+from ._sync import SyncRunStream
+from ._text import scrub
 from .exceptions import ConfigurationError, ToolError
 from .models.base import Model
 from .storage import Storage
@@ -108,10 +110,10 @@ class Agent:
             raise ConfigurationError(f"model must be a tether model (got {type(model).__name__})")
         if not isinstance(max_steps, int) or max_steps < 1:
             raise ConfigurationError(f"max_steps must be a positive integer (got {max_steps!r})")
-        self.name = name
+        self.name = None if name is None else scrub(name)
         self.id = check_id("agent id", id) if id is not None else slug(name or "agent")
         self.model = model
-        self.description = description
+        self.description = None if description is None else scrub(description)
         self.instructions = [instructions] if isinstance(instructions, str) else list(instructions or [])
         self.tools = as_tools(tools)
         self.max_steps = max_steps
@@ -183,7 +185,7 @@ class Agent:
         run_id = check_id("run id", chosen.run_id) if chosen.run_id is not None else new_id()
         chosen = replace(chosen, run_id=run_id)
         try:
-            return bridge.call(functools.partial(self._collect, input, chosen))
+            return background_loop.call(functools.partial(self._collect, input, chosen))
         except BaseException:
             registry.cancel(run_id, source="outer", agent_id=self.id)
             raise
@@ -212,7 +214,8 @@ class Agent:
 
     async def aget_run(self, run_id: str) -> RunOutput | None:
         """This agent's stored run ``run_id`` (None if unknown or another agent's)."""
-        run = await self._storage().get_run(run_id)
+        storage = self._storage()
+        run = registry.ended_output(run_id) or await storage.get_run(run_id)
         return run if run is not None and run.agent_id == self.id else None
 
     async def aget_session_runs(self, session_id: str) -> list[RunOutput]:
@@ -221,11 +224,11 @@ class Agent:
 
     def get_run(self, run_id: str) -> RunOutput | None:
         """Blocking :meth:`aget_run`."""
-        return bridge.call(functools.partial(self.aget_run, run_id))
+        return background_loop.call(functools.partial(self.aget_run, run_id))
 
     def get_session_runs(self, session_id: str) -> list[RunOutput]:
         """Blocking :meth:`aget_session_runs`."""
-        return bridge.call(functools.partial(self.aget_session_runs, session_id))
+        return background_loop.call(functools.partial(self.aget_session_runs, session_id))
 
     def _storage(self) -> Storage:
         if self.storage is None:
@@ -290,12 +293,14 @@ class Agent:
 
     def _initial_messages(self, input: str, history: Sequence[Message] | None) -> list[Message]:
         system = "\n\n".join(part for part in [self.description or "", *self.instructions] if part)
-        messages = [Message(role="system", content=system)] if system else []
+        messages = [Message(role="system", content=scrub(system))] if system else []
         # An earlier run's system prompt is replaced by this agent's current one.
         messages.extend(
-            m.model_copy(update={"from_history": True}) for m in history or () if m.role != "system"
+            m.model_copy(update={"from_history": True, "content": m.content and scrub(m.content)})
+            for m in history or ()
+            if m.role != "system"
         )
-        messages.append(Message(role="user", content=input))
+        messages.append(Message(role="user", content=scrub(input)))
         return messages
 
 

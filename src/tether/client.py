@@ -22,9 +22,9 @@ from typing import Any, Literal
 import httpx
 from pydantic import TypeAdapter
 
+from ._background_loop import background_loop
 from ._loopbound import LoopBound
 from ._run import BaseRunEvent, RunOutput, RunOutputEvent
-from ._sync import bridge
 from ._wire import AgentInfo, CancelResult
 from .exceptions import APIError
 
@@ -112,30 +112,30 @@ class TetherClient:
         self.base_url = self._client.base_url
 
     def list_agents(self) -> list[AgentInfo]:
-        return bridge.call(self._client.list_agents)
+        return background_loop.call(self._client.list_agents)
 
     def run(self, agent_id: str, message: str, **fields: str | None) -> RunOutput:
-        return bridge.call(functools.partial(self._client.run, agent_id, message, **fields))
+        return background_loop.call(functools.partial(self._client.run, agent_id, message, **fields))
 
     def stream(self, agent_id: str, message: str, **fields: str | None) -> Iterator[BaseRunEvent]:
         events = self._client.stream(agent_id, message, **fields)
         try:
             while True:
                 try:
-                    yield bridge.call(events.__anext__)
+                    yield background_loop.call(events.__anext__)
                 except StopAsyncIteration:
                     return
         finally:
-            bridge.call(events.aclose)
+            background_loop.call(events.aclose)
 
     def cancel_run(self, agent_id: str, run_id: str, **options: Any) -> CancelResult:
-        return bridge.call(functools.partial(self._client.cancel_run, agent_id, run_id, **options))
+        return background_loop.call(functools.partial(self._client.cancel_run, agent_id, run_id, **options))
 
     def get_run(self, agent_id: str, run_id: str) -> RunOutput:
-        return bridge.call(functools.partial(self._client.get_run, agent_id, run_id))
+        return background_loop.call(functools.partial(self._client.get_run, agent_id, run_id))
 
     def close(self) -> None:
-        bridge.call(self._client.aclose)
+        background_loop.call(self._client.aclose)
 
     def __enter__(self) -> TetherClient:
         return self

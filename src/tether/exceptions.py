@@ -8,6 +8,7 @@
      ├── MaxStepsExceededError     the model kept calling tools past ``max_steps``; ends the run in error
      ├── RemoteCancelError         a cancel for a run in another process could not be delivered (Redis down)
      ├── StorageError              the run store failed: unreachable, corrupt, read-only, or a failed write
+     ├── StreamBusyError           a RunStream already has a reader (also a RuntimeError)
      ├── ToolError                 raise it in a tool to send the model a plain error message
      │    └── ToolCancelledError   raised by ``RunContext.raise_if_cancelled()`` in a cancelled run
      └── ModelError                the model provider failed; a run reports it as a RunError event
@@ -34,6 +35,7 @@ __all__ = [
     "ModelTimeoutError",
     "RemoteCancelError",
     "StorageError",
+    "StreamBusyError",
     "TetherError",
     "ToolCancelledError",
     "ToolError",
@@ -68,6 +70,10 @@ class RemoteCancelError(TetherError):
 
 class StorageError(TetherError):
     """The run store failed (unreachable, corrupt or read-only, or a write failed)."""
+
+
+class StreamBusyError(TetherError, RuntimeError):
+    """A RunStream has one reader at a time; another task (or event loop) is already reading it."""
 
 
 class ToolError(TetherError):

@@ -10,6 +10,7 @@ import pytest
 
 from tether import Agent, RunEvent, RunStatus, active_runs
 from tether._run import registry
+from tether._run._lifecycle import Phase
 from tether.testing import ScriptedModel
 
 pytestmark = pytest.mark.anyio
@@ -134,8 +135,8 @@ async def test_the_done_event_of_an_ended_run_is_set_when_asked_for() -> None:
     stream = agent.arun("go", stream=True)
     handle = stream.handle
     output = await stream.collect()
-    assert output.status is RunStatus.completed and handle.ended
-    assert handle.done is None  # nobody waited: no event was made
+    assert output.status is RunStatus.completed and handle.life.phase is Phase.ENDED
+    assert handle.life._done is None  # nobody waited: no event was made
     assert handle.done_event().is_set()
 
     never_read = agent.arun("go", stream=True)

@@ -174,8 +174,9 @@ async def test_registry_never_leaks_after_ten_thousand_runs_with_random_cancels(
                     agent.cancel_run(stream.run_id)
                 count += 1
         assert stream.output is not None
-        # Cancelling at the last chunk is too late: the scripted model ends without another await.
-        expected = RunStatus.cancelled if cancel_after in (0, 1, 2) else RunStatus.completed
+        # Even at the last chunk a cancel is in time: a run completes only once its consumer has
+        # taken every event and asks for the next.
+        expected = RunStatus.cancelled if cancel_after is not None else RunStatus.completed
         assert stream.output.status is expected
         statuses[expected] = statuses.get(expected, 0) + 1
 
@@ -184,6 +185,6 @@ async def test_registry_never_leaks_after_ten_thousand_runs_with_random_cancels(
             for i in range(500):
                 tg.start_soon(one, batch * 500 + i)
     assert sum(statuses.values()) == 10_000
-    assert statuses[RunStatus.cancelled] > 5000 and statuses[RunStatus.completed] > 3000
+    assert statuses[RunStatus.cancelled] > 7000 and statuses[RunStatus.completed] > 1500
     assert active_runs() == [] and registry.handles() == []
     assert model.open_streams == 0

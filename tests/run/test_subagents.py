@@ -7,6 +7,7 @@ import pytest
 
 from tether import Agent, RunEvent, RunStatus
 from tether._run import RunHandle, registry
+from tether._run._lifecycle import Phase
 from tether.testing import Reply, ScriptedModel, ScriptedToolCall
 
 pytestmark = pytest.mark.anyio
@@ -55,7 +56,7 @@ async def test_cancelling_the_parent_cancels_the_child_first() -> None:
             assert parent.cancel_run(stream.run_id, reason="stop all") is True
             assert child.cancel_requested and child.cancel_source == "parent"
         if event.is_terminal:
-            order.append("parent" if child.ended else "parent-before-child")
+            order.append("parent" if child.life.phase is Phase.ENDED else "parent-before-child")
     assert order == ["parent"], "the child ended before the parent's terminal event"
     assert (child.status, child.cancel_source, child.cancel_reason) == (
         RunStatus.cancelled,

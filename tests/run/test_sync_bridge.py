@@ -98,14 +98,14 @@ def test_sync_iterator_closed_or_dropped_cancels_the_run() -> None:
 
 def test_blocking_call_from_the_bridge_thread_is_a_clear_error() -> None:
     from tether import ConfigurationError
-    from tether._sync import bridge
+    from tether._background_loop import background_loop as bridge
 
     agent = Agent(name="a", model=ScriptedModel(["x"]))
 
     async def inside_bridge() -> None:
         agent.run("nested")
 
-    with pytest.raises(ConfigurationError, match="own event loop thread"):
+    with pytest.raises(ConfigurationError, match="background event loop thread"):
         bridge.call(inside_bridge)
 
 

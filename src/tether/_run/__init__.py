@@ -15,14 +15,16 @@ from ._events import (
     ToolCallCompletedEvent,
     ToolCallStartedEvent,
 )
-from ._handle import CancelMode, RunHandle
+from ._handle import RunHandle
+from ._lifecycle import CancelAnswer, CancelMode
 from ._output import RunMetrics, RunOutput
-from ._registry import active_runs, cancel_run, registry
+from ._registry import active_runs, registry
 from ._state import RunSpec, RunState
 from ._stream import RunStream
 
 __all__ = [
     "BaseRunEvent",
+    "CancelAnswer",
     "CancelMode",
     "CancelSource",
     "RunCancelledEvent",
@@ -43,6 +45,5 @@ __all__ = [
     "ToolCallCompletedEvent",
     "ToolCallStartedEvent",
     "active_runs",
-    "cancel_run",
     "registry",
 ]

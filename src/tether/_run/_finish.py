@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from .._messages import Message
+from .._text import scrub
 from ..exceptions import TetherError
 from ._events import (
     BaseRunEvent,
@@ -26,22 +27,41 @@ from ._tool_phase import close_pending
 logger = logging.getLogger("tether.run")
 
 
-async def finish(state: RunState, failure: BaseException | None) -> None:
+async def finish(state: RunState) -> None:
     """Decide the outcome, persist it, leave the registry, emit the terminal event, close the channel.
 
-    Runs after the run's cancel scope; the only await is the shielded, bounded final write.
+    Runs after the run's cancel scope, from ``finally``. What the consumer has not taken is dropped
+    first, so the output, the stored row and the terminal event carry exactly the text it received.
+    The only await is the final write's bounded wait (shielded).
     """
     handle = state.handle
-    status = handle.decide(failed=failure is not None)
-    if failure is not None and not isinstance(failure, TetherError):
-        logger.error("run %s failed", handle.run_id, exc_info=failure)
-    _repair_history(state, status)
-    output = state.output = snapshot(state, status, failure)
-    await persist(state)
-    registry.unregister(handle)
-    state.channel.put(_terminal_event(output))
-    state.channel.end()
-    handle.mark_ended()
+    channel = state.channel
+    try:
+        status = handle.life.decide()
+        failure = handle.life.failure
+        if failure is not None and not isinstance(failure, TetherError):
+            logger.error("run %s failed", handle.run_id, exc_info=failure)
+        if not channel.detached:
+            channel.drop_unread()
+            keep = min(max(channel.received, state.turn_start), len(state.parts))
+            del state.parts[keep:]
+        _repair_history(state, status)
+        state.output = snapshot(state, status, failure)
+        await persist(state)
+    finally:
+        registry.unregister(handle)
+        if state.output is None:  # building it failed: still one terminal event, from what is known
+            state.output = RunOutput(
+                run_id=handle.run_id,
+                agent_id=handle.agent_id,
+                status=RunStatus.error,
+                content="".join(state.parts),
+                error="internal error while ending the run (see the log)",
+                error_type="InternalError",
+            )
+        channel.put(_terminal_event(state.output))
+        channel.end()
+        handle.life.end()
 
 
 def _repair_history(state: RunState, status: RunStatus) -> None:
@@ -77,7 +97,11 @@ def snapshot(state: RunState, status: RunStatus, failure: BaseException | None =
     error = error_type = None
     if failure is not None and status is RunStatus.error:
         error_type = type(failure).__name__
-        error = str(failure) if isinstance(failure, TetherError) else f"{error_type}: {failure}"
+        text = scrub(str(failure))
+        if isinstance(failure, TetherError):
+            error = text or error_type
+        else:
+            error = f"{error_type}: {text}" if text else error_type
     cancelled = status is RunStatus.cancelled
     fields = state.common()
     fields.update(

@@ -1,4 +1,11 @@
-"""Persistence of runs: the RUNNING row at start, session history, and the process heartbeat.
+"""Persistence of runs: the RUNNING row at start, the final write, session history, the heartbeat.
+
+The final write never holds up the end of a run for long: the terminal event waits for it at most
+``FINAL_WRITE_WAIT`` seconds. A slower write goes on in the background and a failed one is retried
+(with back-off) until it lands; meanwhile the run's final output is kept in the registry
+(``registry.ended_output``), so it is still findable, and this process's heartbeat stays fresh, so
+no reaper takes the run for orphaned. A write that never lands (the process exits first) leaves
+the row RUNNING under a dead owner: the next reaper marks it ERROR, so it is never RUNNING forever.
 
 The heartbeat is one task per (storage, event loop) while that loop has live stored runs: every
 ``heartbeat_interval`` seconds it writes this process's heartbeat (one write for all its runs, never
@@ -8,7 +15,9 @@ per chunk) and reconciles runs orphaned by dead processes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -16,6 +25,7 @@ import anyio
 from .._messages import Message
 from ._events import RunStatus
 from ._output import RunOutput
+from ._registry import registry
 
 if TYPE_CHECKING:
     from ..storage import Storage
@@ -23,8 +33,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("tether.storage")
 
+FINAL_WRITE_WAIT = 0.04
+"""Seconds the terminal event waits for the final write before it goes out anyway."""
 PERSIST_TIMEOUT = 5.0
-"""Seconds the final write of a run may take (shielded) before the terminal event goes out anyway."""
+"""Seconds one attempt at a write may take before it is given up (and, for the final write, retried)."""
+RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 HEARTBEAT_INTERVAL = 5.0
 
 
@@ -44,7 +57,11 @@ def history_from(runs: list[RunOutput], *, keep_interrupted: bool) -> list[Messa
 
 
 async def prepare(state: RunState) -> None:
-    """Load the session's history and write the run as RUNNING (inside the run's cancel scope)."""
+    """Load the session's history and write the run as RUNNING (inside the run's cancel scope).
+
+    The RUNNING write is a task of its own: a cancel interrupts the wait for it, not the write, and
+    the final write starts only after it, so the two can never land in the wrong order.
+    """
     from ..storage._base import owner_id
     from ._finish import snapshot
 
@@ -53,37 +70,80 @@ async def prepare(state: RunState) -> None:
     if storage is None:
         return
     if spec.continue_session:
-        runs = await storage.list_runs(
-            agent_id=state.handle.agent_id, session_id=state.handle.session_id, limit=spec.history_runs
-        )
+        with anyio.fail_after(PERSIST_TIMEOUT):
+            runs = await storage.list_runs(
+                agent_id=state.handle.agent_id, session_id=state.handle.session_id, limit=spec.history_runs
+            )
         history = history_from(runs, keep_interrupted=spec.keep_interrupted)
         at = len(state.messages) - 1  # just before this run's user message
         state.messages[at:at] = history
-    await storage.start_run(snapshot(state, RunStatus.running), owner_id())
     heartbeats.started(storage)
-    state.stored = True
+    write = state.start_write = asyncio.get_running_loop().create_task(
+        _bounded(storage.start_run(snapshot(state, RunStatus.running), owner_id())),
+        name=f"tether-start-write-{state.handle.run_id}",
+    )
+    await asyncio.shield(write)
 
 
 async def persist(state: RunState) -> None:
-    """The final write: shielded, bounded; a failure is logged and never blocks the terminal event."""
-    storage = state.spec.storage
-    if storage is None or state.output is None:
+    """The final write: waited for at most ``FINAL_WRITE_WAIT`` s, then finished in the background."""
+    storage, output = state.spec.storage, state.output
+    if storage is None or output is None:
         return
+    if state.start_write is None:
+        heartbeats.started(storage)  # the run ended before its RUNNING write: still count it
+    write = asyncio.get_running_loop().create_task(
+        _final_write(storage, output, state.start_write), name=f"tether-final-write-{output.run_id}"
+    )
+    _writes.add(write)
+    write.add_done_callback(_writes.discard)
+    with anyio.move_on_after(FINAL_WRITE_WAIT, shield=True):
+        await asyncio.shield(write)
+    if not write.done():
+        registry.keep_ended(output)  # findable until the write lands
+        write.add_done_callback(lambda _: registry.forget_ended(output.run_id))
+
+
+_writes: set[asyncio.Task[None]] = set()  # strong references to final writes under way
+
+
+async def settle_writes(within: float) -> None:
+    """Wait (shielded, at most ``within`` s) for the final writes under way on this loop to land."""
+    loop = asyncio.get_running_loop()
+    mine = [task for task in _writes if task.get_loop() is loop]
+    if mine:
+        with anyio.move_on_after(within, shield=True):
+            await asyncio.wait(mine)
+
+
+async def _bounded(write: Awaitable[None]) -> None:
+    with anyio.fail_after(PERSIST_TIMEOUT):
+        await write
+
+
+async def _final_write(storage: Storage, output: RunOutput, started: asyncio.Task[None] | None) -> None:
+    if started is not None:
+        await asyncio.wait([started])
+        if not started.cancelled():
+            started.exception()  # retrieved here: its failure was the run's to report
     try:
-        with anyio.move_on_after(PERSIST_TIMEOUT, shield=True) as scope:
-            await storage.finish_run(state.output)
-        if scope.cancelled_caught:
-            logger.error(
-                "run %s: the final write to %r timed out (%s s)",
-                state.handle.run_id,
-                storage,
-                PERSIST_TIMEOUT,
-            )
-    except Exception as exc:
-        logger.error("run %s: the final write to %r failed: %s", state.handle.run_id, storage, exc)
+        for attempt in itertools.count():
+            try:
+                await _bounded(storage.finish_run(output))
+                return
+            except Exception as exc:
+                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                log = logger.error if attempt == 0 else logger.warning
+                log(
+                    "run %s: the final write to %r failed (%s); retrying in %s s",
+                    output.run_id,
+                    storage,
+                    str(exc) or type(exc).__name__,
+                    delay,
+                )
+                await anyio.sleep(delay)
     finally:
-        if state.stored:
-            heartbeats.ended(storage)
+        heartbeats.ended(storage)
 
 
 class Heartbeats:
@@ -113,10 +173,13 @@ class Heartbeats:
             while self._live.get(key, 0) > 0:
                 await anyio.sleep(interval)
                 try:
-                    await storage.heartbeat(owner_id())
-                    await storage.reap(stale_after)
-                except Exception as exc:
-                    logger.warning("heartbeat to %r failed: %s", storage, exc)
+                    with anyio.fail_after(PERSIST_TIMEOUT):
+                        await storage.heartbeat(owner_id())
+                        await storage.reap(stale_after)
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:  # never let one failure end the heartbeat (or the loop)
+                    logger.warning("heartbeat to %r failed: %s", storage, str(exc) or type(exc).__name__)
         finally:
             if self._live.get(key, 0) <= 0:
                 self._live.pop(key, None)

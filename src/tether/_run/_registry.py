@@ -1,30 +1,41 @@
-"""The process-wide registry of active runs."""
+"""The process-wide registry of runs: active ones, and ended ones whose final write is still under way."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections import deque
 from typing import TYPE_CHECKING
 
 import anyio
 
 from ..exceptions import ConfigurationError
-from ._events import CancelSource
-from ._handle import CancelMode, RunHandle, check_mode
+from ._events import CancelSource, RunStatus
+from ._handle import RunHandle
+from ._lifecycle import CancelAnswer, CancelMode, check_mode
+from ._output import RunOutput
 
 if TYPE_CHECKING:
     from ..distributed._protocol import Remote
 
 
 class RunRegistry:
-    """Active runs by id. Thread-safe; a run is in it from creation until its outcome is decided."""
+    """Runs by id. Thread-safe; a run is in it from creation until its terminal event goes out.
+
+    A run whose final write has not landed yet stays findable through :meth:`ended_output` until it
+    lands. A stream dropped before it was read is reported through :meth:`dropped` (from a finalizer:
+    no lock taken there) and removed at the registry's next use.
+    """
 
     def __init__(self) -> None:
         self._runs: dict[str, RunHandle] = {}
+        self._ended: dict[str, RunOutput] = {}
+        self._dropped: deque[RunHandle] = deque()
         self._lock = threading.Lock()
         self.remote: Remote | None = None  # cross-process cancellation, when attached
 
     def register(self, handle: RunHandle) -> None:
+        self._sweep()
         with self._lock:
             if handle.run_id in self._runs:
                 raise ConfigurationError(f"run id {handle.run_id!r} is already in use by an active run")
@@ -50,17 +61,70 @@ class RunRegistry:
         if self.remote is not None:
             self.remote.run_unregistered(handle)
 
+    def dropped(self, handle: RunHandle) -> None:
+        """A never-read stream was garbage-collected: forget its run at the next use (no lock here)."""
+        self._dropped.append(handle)
+
+    def _sweep(self) -> None:
+        while self._dropped:
+            try:
+                handle = self._dropped.popleft()
+            except IndexError:
+                return
+            if handle.life.abandon("consumer"):
+                self.unregister(handle)
+
     def get(self, run_id: str) -> RunHandle | None:
+        self._sweep()
         with self._lock:
             return self._runs.get(run_id)
 
     def active(self) -> list[str]:
+        self._sweep()
         with self._lock:
             return list(self._runs)
 
     def handles(self) -> list[RunHandle]:
+        self._sweep()
         with self._lock:
             return list(self._runs.values())
+
+    # -- ended runs whose final write is under way ----------------------------------------------
+
+    def keep_ended(self, output: RunOutput) -> None:
+        with self._lock:
+            self._ended[output.run_id] = output
+
+    def forget_ended(self, run_id: str) -> None:
+        with self._lock:
+            self._ended.pop(run_id, None)
+
+    def ended_output(self, run_id: str) -> RunOutput | None:
+        """The final output of a run that has ended but is not stored yet (else None)."""
+        with self._lock:
+            return self._ended.get(run_id)
+
+    # -- cancelling ------------------------------------------------------------------------------
+
+    def answer_cancel(
+        self,
+        run_id: str,
+        *,
+        reason: str | None = None,
+        source: CancelSource = "user",
+        agent_id: str | None = None,
+        mode: CancelMode = "immediate",
+        grace: float | None = None,
+    ) -> CancelAnswer | None:
+        """Cancel a run of this process; its answer, or None if no such run (of ``agent_id``) is here."""
+        check_mode(mode, grace)
+        handle = self.get(run_id)
+        if handle is not None and (agent_id is None or handle.agent_id == agent_id):
+            return handle.answer_cancel(reason, source, mode=mode, grace=grace)
+        ended = self.ended_output(run_id)
+        if ended is not None and (agent_id is None or ended.agent_id == agent_id):
+            return CancelAnswer.CANCELLED if ended.status is RunStatus.cancelled else CancelAnswer.ENDED
+        return None
 
     def cancel(
         self,
@@ -72,7 +136,7 @@ class RunRegistry:
         mode: CancelMode = "immediate",
         grace: float | None = None,
     ) -> bool:
-        """Cancel an active run; True iff it is active (and belongs to ``agent_id`` when given)."""
+        """Cancel an active run of this process; True iff it is stopping (or already stopped by a cancel)."""
         check_mode(mode, grace)
         handle = self.get(run_id)
         if handle is None or (agent_id is not None and handle.agent_id != agent_id):
@@ -82,77 +146,6 @@ class RunRegistry:
 
 registry = RunRegistry()
 """The one registry of this process."""
-
-
-def cancel_run(
-    run_id: str, reason: str | None = None, *, mode: CancelMode = "immediate", grace: float | None = None
-) -> bool:
-    """Cancel any agent's active run in this process; True iff it was active.
-
-    Thread-safe, idempotent, and never blocks. ``mode="immediate"`` interrupts whatever the run
-    awaits; ``mode="after_turn"`` lets the current model response and its tool calls finish and
-    stops before the next model request; ``grace`` escalates that to immediate after so many
-    seconds. Either way the run ends with one ``RunCancelled`` event (``source="user"``).
-    Also True when the run is already being cancelled.
-
-    Example::
-
-        if tether.cancel_run(run_id, reason="user pressed stop"):
-            ...
-    """
-    return cancel_anywhere(run_id, reason=reason, mode=mode, grace=grace)
-
-
-def cancel_anywhere(
-    run_id: str,
-    *,
-    reason: str | None,
-    mode: CancelMode = "immediate",
-    grace: float | None = None,
-    agent_id: str | None = None,
-) -> bool:
-    """Cancel a run here if it lives here, else (blocking, bounded) through the attached remote."""
-    decided = _cancel_here(run_id, reason=reason, mode=mode, grace=grace, agent_id=agent_id)
-    if decided is not None:
-        return decided
-    from .._sync import bridge
-    from ..distributed._protocol import RemoteOutcome
-
-    remote = registry.remote
-    assert remote is not None
-    outcome = bridge.call(
-        lambda: remote.cancel(run_id, agent_id=agent_id, reason=reason, mode=mode, grace=grace)
-    )
-    return outcome is RemoteOutcome.cancelled
-
-
-async def acancel_anywhere(
-    run_id: str,
-    *,
-    reason: str | None,
-    mode: CancelMode = "immediate",
-    grace: float | None = None,
-    agent_id: str | None = None,
-) -> bool:
-    """:func:`cancel_anywhere` for async code: the remote round trip is awaited, not blocked on."""
-    decided = _cancel_here(run_id, reason=reason, mode=mode, grace=grace, agent_id=agent_id)
-    if decided is not None:
-        return decided
-    from ..distributed._protocol import RemoteOutcome
-
-    assert registry.remote is not None
-    outcome = await registry.remote.cancel(run_id, agent_id=agent_id, reason=reason, mode=mode, grace=grace)
-    return outcome is RemoteOutcome.cancelled
-
-
-def _cancel_here(
-    run_id: str, *, reason: str | None, mode: CancelMode, grace: float | None, agent_id: str | None
-) -> bool | None:
-    """The answer when this process decides (the run lives here, or there is no remote); else None."""
-    check_mode(mode, grace)
-    if registry.get(run_id) is not None or registry.remote is None:
-        return registry.cancel(run_id, reason=reason, agent_id=agent_id, mode=mode, grace=grace)
-    return None
 
 
 async def stop_runs(handles: list[RunHandle], reason: str, source: CancelSource, wait: float) -> None:

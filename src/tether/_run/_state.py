@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._messages import Message, ToolCall
+from .._text import DeltaScrubber
 from ..models.base import Model, ModelUsage
 from ._channel import Channel
 from ._events import BaseRunEvent, RunEvent, RunStatus
@@ -39,15 +41,17 @@ class RunState:
     __slots__ = (
         "channel",
         "content_fields",
+        "escaped",
         "first_token_at",
         "handle",
         "messages",
         "output",
         "parts",
         "pending",
+        "scrubber",
         "spec",
+        "start_write",
         "started_at",
-        "stored",
         "tools",
         "turn_start",
         "usage",
@@ -63,12 +67,14 @@ class RunState:
         self.parts: list[str] = []  # every text delta delivered, across all model turns
         self.turn_start = 0  # where the current model turn's text starts in ``parts``
         self.pending = PendingCalls()
+        self.scrubber = DeltaScrubber()  # model deltas: split surrogate pairs joined, lone ones replaced
+        self.escaped: BaseException | None = None  # e.g. KeyboardInterrupt: re-raised to the consumer
         self.first_token_at: float | None = None
         self.usage: ModelUsage | None = None
         self.started_at = time.monotonic()
         self.wall_started = int(time.time())
         self.output: RunOutput | None = None
-        self.stored = False  # the RUNNING row was written
+        self.start_write: asyncio.Task[None] | None = None  # the RUNNING row's write, once started
         self.content_fields: dict[str, Any] = {
             "event": RunEvent.run_content,
             **self.common(),

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 from types import TracebackType
 
 import anyio
 
-from ._events import TERMINAL_EVENT_TYPES, BaseRunEvent
+from ..exceptions import StreamBusyError
+from ._channel import Channel
+from ._events import TERMINAL_EVENT_TYPES, BaseRunEvent, CancelSource, RunContentEvent
 from ._finish import snapshot
 from ._handle import RunHandle
 from ._loop import execute
@@ -18,7 +21,7 @@ from ._registry import registry
 from ._state import RunState
 
 OUTER_CANCEL_WAIT = 2.0
-"""Seconds a cancelled consumer waits (shielded) for the run to record its end before re-raising."""
+"""Seconds a consumer that leaves waits (shielded) for the run to record its end before going on."""
 
 BATCH = 256
 
@@ -27,10 +30,13 @@ class RunStream:
     """The events of one run, in order, ending with exactly one terminal event.
 
     ``async for event in stream`` consumes it; ``await stream.collect()`` drains it into a
-    :class:`RunOutput`. The run starts when the stream is first read, in the reader's event loop.
+    :class:`RunOutput`. The run starts when the stream is first read, in the reader's event loop,
+    and it is read by one task at a time (a second concurrent reader gets :class:`StreamBusyError`).
     Stopping early (``break``, :meth:`aclose`, dropping the stream) cancels the run with
     ``source="consumer"``; if the reading task is itself cancelled, the run is cancelled with
-    ``source="outer"`` and the ``CancelledError`` propagates.
+    ``source="outer"`` and the ``CancelledError`` propagates. Either way the run keeps exactly the
+    text this stream delivered. An exception such as ``KeyboardInterrupt`` raised inside the run ends
+    it with a ``RunError`` and is then raised from this stream.
 
     Example::
 
@@ -41,12 +47,14 @@ class RunStream:
         print(stream.output.status)
     """
 
-    __slots__ = ("__weakref__", "_ended", "_make_state", "_state", "handle")
+    __slots__ = ("__weakref__", "_ended", "_loop", "_make_state", "_state", "_unacked", "handle")
 
     def __init__(self, handle: RunHandle, make_state: Callable[[RunHandle], RunState]) -> None:
         self.handle = handle
         self._make_state = make_state
         self._state: RunState | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the run (and its reader) is on
+        self._unacked = 0  # RunContent events of the last batch, until the next call acknowledges it
         self._ended = True  # until registered, so a failed __init__ leaves nothing for __del__
         registry.register(handle)
         self._ended = False
@@ -66,32 +74,51 @@ class RunStream:
     async def __anext__(self) -> BaseRunEvent:
         state = self._state or self._start()
         channel = state.channel
+        busy = False
         try:
             while True:
                 try:
                     event = channel.receive.receive_nowait()
                     break
                 except anyio.WouldBlock:
+                    if channel.busy or asyncio.get_running_loop() is not self._loop:
+                        busy = True
+                        break
                     await channel.wait_ready()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             self._close_channel()
+            escaped, state.escaped = state.escaped, None
+            if escaped is not None:
+                raise escaped from None
             raise StopAsyncIteration from None
         except BaseException:
-            await self._on_outer_cancel()
+            await self._leave("outer", self._unacked)
             raise
-        return self._took(event)
+        else:
+            if busy:
+                raise StreamBusyError(
+                    f"run {self.run_id} is already being read by another task (or another event loop); "
+                    "a RunStream has one reader at a time"
+                )
+            return self._took(event)
 
     async def next_batch(self) -> list[BaseRunEvent]:
-        """At least one event (empty list at the end), plus what else is ready: for the sync bridge."""
+        """At least one event (empty list at the end), plus what else is ready: for the sync bridge.
+
+        Calling it again acknowledges the previous batch as received.
+        """
+        self._unacked = 0
         try:
             first = await self.__anext__()
         except StopAsyncIteration:
             return []
         batch = [first]
-        if self._ended:
+        state = self._state
+        if self._ended or state is None:
             return batch
-        channel = self._state.channel if self._state is not None else None
-        while channel is not None and len(batch) < BATCH:
+        channel = state.channel
+        before = channel.received - (type(first) is RunContentEvent)
+        while len(batch) < BATCH:
             try:
                 event = channel.receive.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
@@ -99,6 +126,7 @@ class RunStream:
             batch.append(self._took(event))
             if self._ended:
                 break
+        self._unacked = channel.received - before
         return batch
 
     async def collect(self) -> RunOutput:
@@ -111,13 +139,19 @@ class RunStream:
 
     async def aclose(self) -> None:
         """Stop reading: cancels the run if it is still active (``source="consumer"``)."""
-        if self._state is None:
-            self._forget()
-            return
-        if not self._ended:
-            self.handle.request_cancel(None, "consumer")
-            await self._wait_done()
-            self._close_channel()
+        await self._leave("consumer", 0)
+
+    async def aclose_unread(self, unread: int) -> None:
+        """:meth:`aclose` for a reader that took ``unread`` RunContent events it never delivered."""
+        await self._leave("consumer", unread)
+
+    def leave_soon(self, source: CancelSource, unread: int | None = None) -> None:
+        """From any thread, without blocking or locking: the reader has gone; the run is told on its loop.
+
+        ``unread``: RunContent events the reader took but never delivered (None: its last batch).
+        """
+        if self._state is not None and not self._ended:
+            self.handle.call_soon(functools.partial(self._left, source, unread))
 
     async def __aenter__(self) -> RunStream:
         return self
@@ -128,54 +162,62 @@ class RunStream:
         await self.aclose()
 
     def __del__(self) -> None:
-        # Dropped by its consumer (e.g. after ``break``): stop the run, release the channel.
-        if self._state is None:
-            self._forget()
-        elif not self._ended:
-            self.handle.request_cancel(None, "consumer")
-            channel = self._state.channel
-            if not self.handle.call_soon(channel.close):
-                channel.close()
+        # A finalizer may run on any thread during a GC pass: it only schedules, never takes a lock.
+        if self._ended:
+            return
+        state = self._state
+        if state is None:
+            registry.dropped(self.handle)
+            return
+        loop = self.handle.loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: the run ended with it
+                loop.call_soon_threadsafe(_consumer_dropped, self.handle, state.channel)
 
     def _start(self) -> RunState:
         state = self._state = self._make_state(self.handle)
         self.handle.snapshot = functools.partial(_live_output, state)
-        self.handle.task = asyncio.get_running_loop().create_task(
-            execute(state), name=f"tether-run-{self.run_id}"
-        )
+        loop = self._loop = asyncio.get_running_loop()
+        self.handle.task = loop.create_task(execute(state), name=f"tether-run-{self.run_id}")
         return state
 
     def _took(self, event: BaseRunEvent) -> BaseRunEvent:
         """Bookkeeping for an event handed to the consumer: backpressure, and the end after the last."""
         assert self._state is not None
-        self._state.channel.taken()
+        self._state.channel.taken(event)
         if type(event) in TERMINAL_EVENT_TYPES:
             self._close_channel()
         return event
 
-    def _forget(self) -> None:
-        """A stream never read: its run never started, so it only leaves the registry."""
-        if not self._ended:
+    def _left(self, source: CancelSource, unread: int | None) -> None:
+        """On the run's loop: the reader leaves; ``unread`` RunContent events it took were not delivered."""
+        if self._state is None:
+            if not self._ended and self.handle.life.abandon(source):
+                registry.unregister(self.handle)
             self._ended = True
-            self.handle.request_cancel(None, "consumer")
-            self.handle.decide(failed=False)
-            registry.unregister(self.handle)
-            self.handle.mark_ended()
+            return
+        if not self._ended:
+            self._state.channel.received -= self._unacked if unread is None else unread
+            self.handle.request_cancel(None, source)
+            self._close_channel()
+
+    async def _leave(self, source: CancelSource, unread: int) -> None:
+        started = self._state is not None
+        self._left(source, unread)
+        if started:
+            with anyio.move_on_after(OUTER_CANCEL_WAIT, shield=True):
+                await self.handle.done_event().wait()
 
     def _close_channel(self) -> None:
         self._ended = True
         if self._state is not None:
-            self._state.channel.receive.close()
+            self._state.channel.close_receiving()
 
-    async def _wait_done(self) -> None:
-        if self._state is not None:  # a run that never started has nothing to wait for
-            with anyio.move_on_after(OUTER_CANCEL_WAIT, shield=True):
-                await self.handle.done_event().wait()
 
-    async def _on_outer_cancel(self) -> None:
-        self.handle.request_cancel(None, "outer")
-        await self._wait_done()
-        self._close_channel()
+def _consumer_dropped(handle: RunHandle, channel: Channel) -> None:
+    if not channel.gone:
+        handle.request_cancel(None, "consumer")
+        channel.close_receiving()
 
 
 def _live_output(state: RunState) -> RunOutput:

@@ -7,6 +7,7 @@ import time
 import anyio
 
 from .._messages import Message, ToolCall
+from .._text import scrub
 from ..tools._execute import ToolOutcome, execute, parse_arguments
 from ._context import RunContext
 from ._events import RunStatus, ToolCallCompletedEvent, ToolCallStartedEvent
@@ -41,6 +42,9 @@ async def _one_call(state: RunState, call: ToolCall, context: RunContext) -> Non
 
 
 def _complete(state: RunState, call: ToolCall, outcome: ToolOutcome) -> None:
+    outcome.content = scrub(outcome.content)  # a tool's text, like a model's, must be storable
+    if outcome.error is not None:
+        outcome.error = scrub(outcome.error)
     pending = state.pending
     pending.outcomes[call.id] = outcome
     started = pending.started.get(call.id)

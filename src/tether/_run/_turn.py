@@ -25,6 +25,7 @@ async def stream_turn(state: RunState) -> ModelTurnEnd | None:
     fields = state.content_fields
     parts = state.parts
     specs = [tool.spec() for tool in state.spec.tools]
+    scrubber = state.scrubber
     deltas = state.spec.model.stream(state.messages, specs)
     end: ModelTurnEnd | None = None
     try:
@@ -35,6 +36,8 @@ async def stream_turn(state: RunState) -> ModelTurnEnd | None:
             fields["created_at"] = int(time.time())  # one clock read per network read
             events: list[BaseRunEvent] = []
             for text in _texts(delta, state):
+                if scrubber.held or not text.isascii():
+                    text = scrubber.feed(text)
                 if text:
                     event_fields = fields.copy()
                     event_fields["content"] = text
@@ -50,6 +53,11 @@ async def stream_turn(state: RunState) -> ModelTurnEnd | None:
                 await checkpoint()  # our scope is cancelled now: this raises
             elif channel.full:
                 await channel.wait_for_room()
+        tail = scrubber.flush()  # a high surrogate left alone at the end of the response
+        if tail:
+            parts.append(tail)
+            fields["content"] = tail
+            state.emit(construct(RunContentEvent, fields.copy()))
     finally:
         aclose = getattr(deltas, "aclose", None)
         # An async generator that returned or raised (a cancel usually unwinds through it) has no

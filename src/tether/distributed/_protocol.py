@@ -6,7 +6,8 @@ from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from .._run._handle import CancelMode, RunHandle
+    from .._run._handle import RunHandle
+    from .._run._lifecycle import CancelMode
 
 
 class RemoteOutcome(Enum):

@@ -35,9 +35,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from .._run._handle import CancelMode, RunHandle
+from .._background_loop import background_loop as bridge
+from .._run._handle import RunHandle
+from .._run._lifecycle import CancelMode
 from .._run._registry import RunRegistry, registry
-from .._sync import bridge
 from ..exceptions import RemoteCancelError
 from ..storage._base import owner_id
 from ._protocol import RemoteOutcome
