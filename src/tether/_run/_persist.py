@@ -18,7 +18,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._state import RunState
 
 logger = logging.getLogger("tether.storage")
+T = TypeVar("T")
 
 FINAL_WRITE_WAIT = 0.04
 """Seconds the terminal event waits for the final write before it goes out anyway."""
@@ -70,10 +71,12 @@ async def prepare(state: RunState) -> None:
     if storage is None:
         return
     if spec.continue_session:
-        with anyio.fail_after(PERSIST_TIMEOUT):
-            runs = await storage.list_runs(
+        runs = await _detached(
+            storage.list_runs(
                 agent_id=state.handle.agent_id, session_id=state.handle.session_id, limit=spec.history_runs
-            )
+            ),
+            f"tether-history-{state.handle.run_id}",
+        )
         history = history_from(runs, keep_interrupted=spec.keep_interrupted)
         at = len(state.messages) - 1  # just before this run's user message
         state.messages[at:at] = history
@@ -83,6 +86,23 @@ async def prepare(state: RunState) -> None:
         name=f"tether-start-write-{state.handle.run_id}",
     )
     await asyncio.shield(write)
+
+
+async def _detached(read: Awaitable[T], name: str) -> T:
+    """Await ``read`` in a task of its own: a cancel interrupts the wait at once, whatever storage does."""
+    task = asyncio.get_running_loop().create_task(_bounded_read(read), name=name)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)
+
+
+async def _bounded_read(read: Awaitable[T]) -> T:
+    with anyio.fail_after(PERSIST_TIMEOUT):
+        return await read
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a read whose waiter left: its failure is not worth a warning
 
 
 async def persist(state: RunState) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import anyio
@@ -19,13 +20,47 @@ async def run_tool_calls(state: RunState, calls: list[ToolCall]) -> None:
     pending = state.pending
     pending.calls, pending.started, pending.outcomes = list(calls), {}, {}
     context = RunContext(state.handle)
-    async with anyio.create_task_group() as group:
-        for call in calls:
-            group.start_soon(_one_call, state, call, context)
+    try:
+        async with anyio.create_task_group() as group:
+            for call in calls:
+                group.start_soon(_one_call, state, call, context)
+    except BaseExceptionGroup as group_error:
+        raise _first(group_error) from None
     close_pending(state, None)
 
 
+class _Escaped(Exception):
+    """Carries a KeyboardInterrupt or SystemExit out of a tool's task (which it would otherwise end
+    together with the event loop: asyncio re-raises those from any task)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(repr(exc))
+        self.exc = exc
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The one exception to raise in the run for a failed tool phase (an escaped one first)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            exc = _first(exc)
+        if isinstance(exc, _Escaped):
+            return exc.exc
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
+
+
 async def _one_call(state: RunState, call: ToolCall, context: RunContext) -> None:
+    try:
+        await _run_call(state, call, context)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise _Escaped(exc) from exc
+
+
+async def _run_call(state: RunState, call: ToolCall, context: RunContext) -> None:
     name = call.function.name
     state.emit(
         ToolCallStartedEvent(
