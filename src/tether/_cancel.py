@@ -10,7 +10,7 @@ from __future__ import annotations
 from ._background_loop import background_loop
 from ._run import CancelMode, registry
 from ._run._lifecycle import check_mode
-from .distributed._protocol import RemoteOutcome
+from ._run._remote import RemoteOutcome
 
 
 def cancel_run(

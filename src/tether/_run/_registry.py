@@ -16,7 +16,7 @@ from ._lifecycle import CancelAnswer, CancelMode, check_mode
 from ._output import RunOutput
 
 if TYPE_CHECKING:
-    from ..distributed._protocol import Remote
+    from ._remote import Remote
 
 
 class RunRegistry:
