@@ -219,8 +219,9 @@ class Agent:
         return run if run is not None and run.agent_id == self.id else None
 
     async def aget_session_runs(self, session_id: str) -> list[RunOutput]:
-        """This agent's stored runs of ``session_id``, oldest first."""
-        return await self._storage().list_runs(agent_id=self.id, session_id=session_id)
+        """This agent's stored runs of ``session_id``, oldest first (a final write under way included)."""
+        runs = await self._storage().list_runs(agent_id=self.id, session_id=session_id)
+        return [registry.ended_output(run.run_id) or run for run in runs]
 
     def get_run(self, run_id: str) -> RunOutput | None:
         """Blocking :meth:`aget_run`."""
