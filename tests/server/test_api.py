@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from tether import Agent, RunStatus
+from tether import Agent, RunEvent, RunStatus
 from tether.testing import ScriptedModel
 
-from .conftest import parse_sse
+from .conftest import parse_sse, slow_agent
 
 pytestmark = pytest.mark.anyio
 
@@ -138,6 +138,35 @@ async def test_cancel_errors(make_app: Callable[..., FastAPI], asgi: Callable[..
     assert bad.status_code == 422 and "mode" in bad.json()["detail"]
     bad_wait = await client.post("/agents/quick/runs/done-1/cancel?wait=-1")
     assert bad_wait.status_code == 422
+
+
+async def test_a_repeated_cancel_is_a_200_and_a_run_that_ended_otherwise_a_400(
+    make_app: Callable[..., FastAPI], asgi: Callable[..., Any]
+) -> None:
+    teller = slow_agent()
+    failing = Agent(name="Failing", model=ScriptedModel(["x"], error=RuntimeError("boom"), error_at=0))
+    client = await asgi(make_app([teller, failing]))
+    stream = teller.arun("go", stream=True, run_id="stop-1")
+    assert (await stream.__anext__()).event == RunEvent.run_started
+    expected = {"run_id": "stop-1", "agent_id": "teller", "status": "CANCELLED"}
+    first = await client.post("/agents/teller/runs/stop-1/cancel", json={"reason": "first"})
+    assert (first.status_code, first.json()) == (200, expected)
+    assert (await stream.collect()).status is RunStatus.cancelled
+    for body in [None, {"reason": "again"}]:  # the run is stored now: each Stop click answers the same
+        again = await client.post("/agents/teller/runs/stop-1/cancel", json=body)
+        assert (again.status_code, again.json()) == (200, expected)
+    stored = (await client.get("/agents/teller/runs/stop-1")).json()
+    assert (stored["status"], stored["cancel_reason"], stored["cancel_source"]) == (
+        "CANCELLED",
+        "first",
+        "user",
+    )
+    await client.post("/agents/failing/runs", data={"message": "Hi", "stream": "false", "run_id": "err-1"})
+    failed = await client.post("/agents/failing/runs/err-1/cancel")
+    assert (failed.status_code, failed.json()) == (
+        400,
+        {"detail": "Run err-1 has already ended with status ERROR", "error_code": "BAD_REQUEST"},
+    )
 
 
 async def test_listing_runs_and_sessions(make_app: Callable[..., FastAPI], asgi: Callable[..., Any]) -> None:

@@ -139,6 +139,8 @@ def _run_routes(router: APIRouter, state: ServerState) -> None:
         stored = await _stored(state, agent, run_id, failure="Failed to cancel run")
         if stored is None or stored.status.is_active:
             raise HTTPProblem(404, "Run not found")
+        if stored.status is RunStatus.cancelled:  # a repeated Stop: the run is stopped, as asked
+            return CancelResult(run_id=run_id, agent_id=agent.id, status=stored.status)
         raise HTTPProblem(400, f"Run {run_id} has already ended with status {stored.status.value}")
 
 
