@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import httpx
 import pytest
+from fastapi import FastAPI
 
+from tether import Agent
 from tether._run import registry
+from tether.models.openai import OpenAIChat
+from tether.server._disconnect import REASON
+from tether.testing import LoopbackServer, Reply
 
 from .conftest import LiveServer
 
@@ -49,3 +58,65 @@ async def test_a_client_leaving_while_its_body_arrives_is_no_error(
     assert registry.get("r-gone") is None and registry.handles() == []
     agent = server.server.config.app.state.tether.agents["teller"]
     assert await agent.storage.get_run("r-gone") is None
+
+
+STORY = [f"w{i} " for i in range(300)]
+
+
+def story_agent(loopback_server: LoopbackServer) -> Agent:
+    model = OpenAIChat(id="loopback", base_url=loopback_server.base_url, api_key="test-key", max_retries=0)
+    return Agent(name="Teller", model=model)
+
+
+async def stored(server: LiveServer, run_id: str) -> dict[str, Any]:
+    """The run's row once it has ended (GET answers it live before), within a few seconds."""
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        with anyio.fail_after(5):
+            run = (await client.get(f"/agents/teller/runs/{run_id}")).json()
+            while run["status"] == "RUNNING":
+                await anyio.sleep(0.01)
+                run = (await client.get(f"/agents/teller/runs/{run_id}")).json()
+    return run
+
+
+async def leave_during_run(server: LiveServer, loopback_server: LoopbackServer, run_id: str) -> None:
+    """POST a non-streaming run on a raw socket, close it once the model has streamed 30 chunks."""
+    body = json.dumps({"message": "Write a story", "stream": False, "run_id": run_id}).encode()
+    head = (
+        "POST /agents/teller/runs HTTP/1.1\r\nHost: tether\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    async with await anyio.connect_tcp(*address(server)) as client:
+        await client.send(head + body)
+        streaming = await loopback_server.await_until(lambda s: any(r.chunks_sent >= 30 for r in s.requests))
+        assert streaming  # about 0.3 s into the 3 s of generation
+
+
+async def test_a_non_streaming_client_that_leaves_cancels_its_run_and_the_upstream(
+    live: Callable[..., LiveServer], make_app: Callable[..., FastAPI], loopback_server: LoopbackServer
+) -> None:
+    loopback_server.default = Reply(chunks=STORY, pace=0.01)
+    server = live(make_app([story_agent(loopback_server)]))
+    await leave_during_run(server, loopback_server, "r-left")
+    left = time.monotonic()
+    assert await loopback_server.await_until(lambda s: len(s.disconnects) == 1)
+    (upstream,) = loopback_server.disconnects
+    assert upstream.disconnected_at is not None and upstream.disconnected_at - left < 1.0
+    assert 30 <= upstream.chunks_sent < len(STORY)
+    run = await stored(server, "r-left")
+    assert (run["status"], run["cancel_source"], run["cancel_reason"]) == ("CANCELLED", "consumer", REASON)
+    assert run["content"] == "".join(STORY[: len(run["content"].split())]) and run["content"].startswith(
+        "w0 w1 "
+    )
+
+
+async def test_with_continue_a_non_streaming_run_finishes_after_its_client_left(
+    live: Callable[..., LiveServer], make_app: Callable[..., FastAPI], loopback_server: LoopbackServer
+) -> None:
+    loopback_server.default = Reply(chunks=STORY, pace=0.002)
+    server = live(make_app([story_agent(loopback_server)], on_disconnect="continue"))
+    await leave_during_run(server, loopback_server, "r-kept")
+    run = await stored(server, "r-kept")
+    assert (run["status"], run["content"], run["cancel_source"]) == ("COMPLETED", "".join(STORY), None)
+    (upstream,) = loopback_server.requests
+    assert (upstream.outcome, upstream.chunks_sent) == ("completed", len(STORY))

@@ -19,7 +19,7 @@ from ..exceptions import ConfigurationError
 from ..storage import Storage, storage_from_url
 from . import _docs, _errors, _routes
 from ._auth import require_key
-from ._sse import DisconnectPolicy
+from ._disconnect import DisconnectPolicy
 from ._state import ServerState
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def create_app(
     store of their own use it. ``security_key`` (default ``TETHER_SECURITY_KEY``) makes every route
     but ``/health`` require ``Authorization: Bearer <key>``, ``/openapi.json``, ``/docs`` and ``/redoc``
     included. ``on_disconnect``: ``"cancel"`` stops a
-    streaming run whose client went away (``source="consumer"``); ``"continue"`` lets it finish.
+    run whose client went away, streaming or not (``source="consumer"``); ``"continue"`` lets it finish.
     ``redis_url`` (default ``TETHER_REDIS_URL``; key prefix ``TETHER_REDIS_PREFIX``, default ``tether:``)
     lets a cancel reach a run owned by another worker process.
 

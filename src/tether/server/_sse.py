@@ -1,9 +1,10 @@
 """Server-sent events for a run, with an explicit policy for a client that goes away.
 
 The run is consumed by a *relay* task the server owns, never by the HTTP response itself: so a
-client disconnect can only do what the policy says. ``"cancel"``: the run is cancelled with
-``source="consumer"`` (and stored). ``"continue"``: it finishes in the background, its events dropped,
-fetchable with GET and cancellable with POST cancel. Frames are ``event: <RunEvent>`` + ``data: <JSON>``.
+client disconnect can only do what the policy says (:mod:`._disconnect`). ``"cancel"``: the run is
+cancelled with ``source="consumer"`` (and stored). ``"continue"``: it finishes in the background, its
+events dropped, fetchable with GET and cancellable with POST cancel. Frames are ``event: <RunEvent>`` +
+``data: <JSON>``.
 
 Whatever is ready goes out together: the relay takes every event the run has queued, encodes them
 into one piece, and the response sends everything encoded since its last send as one ASGI message
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Literal
 
 import anyio
 from starlette.responses import Response
@@ -24,11 +24,11 @@ from starlette.types import Receive, Scope, Send
 
 from .._run import RunStream
 from .._run._channel import wake
+from ._disconnect import DisconnectPolicy, client_gone, until_disconnect
 from ._frames import FrameEncoder
 
 logger = logging.getLogger("tether.server")
 
-DisconnectPolicy = Literal["cancel", "continue"]
 OUTBOX_BYTES = 64 * 1024
 """Encoded bytes the relay may have waiting for a slow client before it stops reading the run."""
 HEADERS = [
@@ -173,13 +173,9 @@ class EventStreamResponse(Response):
                 return True
 
     async def _watch(self, receive: Receive, scope: anyio.CancelScope) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self._client_gone()
-                scope.cancel()
-                return
+        await until_disconnect(receive)
+        self._client_gone()
+        scope.cancel()
 
     def _client_gone(self) -> None:
-        if self.on_disconnect == "cancel":
-            self.stream.handle.request_cancel("client disconnected", "consumer")
+        client_gone(self.stream, self.on_disconnect)
