@@ -6,18 +6,21 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.to_thread
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from tether import Agent
+from tether import Agent, RunStatus
 from tether._run import registry
 from tether.models.openai import OpenAIChat
 from tether.server._disconnect import REASON
+from tether.storage import SqliteStorage
 from tether.testing import LoopbackServer, Reply
 
 from .conftest import LiveServer
@@ -120,3 +123,24 @@ async def test_with_continue_a_non_streaming_run_finishes_after_its_client_left(
     assert (run["status"], run["content"], run["cancel_source"]) == ("COMPLETED", "".join(STORY), None)
     (upstream,) = loopback_server.requests
     assert (upstream.outcome, upstream.chunks_sent) == ("completed", len(STORY))
+
+
+async def test_a_run_continued_after_its_client_left_is_stopped_and_stored_at_shutdown(
+    live: Callable[..., LiveServer],
+    make_app: Callable[..., FastAPI],
+    loopback_server: LoopbackServer,
+    tmp_path: Path,
+) -> None:
+    loopback_server.default = Reply(chunks=STORY, pace=0.01)
+    server = live(make_app([story_agent(loopback_server)], on_disconnect="continue"))
+    await leave_during_run(server, loopback_server, "r-bg")
+    assert registry.get("r-bg") is not None  # still running, read by the server alone
+    await anyio.to_thread.run_sync(server.__exit__, None, None, None)  # uvicorn's shutdown, then lifespan's
+    storage = SqliteStorage(tmp_path / "server.db")
+    await storage.open()
+    try:
+        run = await storage.get_run("r-bg")
+    finally:
+        await storage.aclose()
+    assert run is not None and (run.status, run.cancel_source) == (RunStatus.cancelled, "shutdown")
+    assert await loopback_server.await_until(lambda s: len(s.disconnects) == 1)

@@ -101,7 +101,7 @@ def _run_routes(router: APIRouter, state: ServerState) -> None:
             raise HTTPProblem(400 if "already in use" in str(exc) else 422, str(exc)) from exc
         if body.stream:
             return EventStreamResponse(stream, state.relays, state.on_disconnect)
-        return RunOutputResponse(stream, state.on_disconnect)
+        return RunOutputResponse(stream, state.relays, state.on_disconnect)
 
     @router.post(
         "/agents/{agent_id}/runs/{run_id}/cancel",

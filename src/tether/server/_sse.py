@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import anyio
 from starlette.responses import Response
@@ -29,6 +31,7 @@ from ._frames import FrameEncoder
 
 logger = logging.getLogger("tether.server")
 
+T = TypeVar("T")
 OUTBOX_BYTES = 64 * 1024
 """Encoded bytes the relay may have waiting for a slow client before it stops reading the run."""
 HEADERS = [
@@ -94,19 +97,23 @@ class Outbox:
 
 
 class Relays:
-    """The server's relay tasks (strong references), so runs outlive the requests that started them."""
+    """The server's tasks reading runs (strong references), so runs outlive the requests that started them."""
 
     def __init__(self) -> None:
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
 
     def start(self, stream: RunStream) -> Outbox:
+        """Relay ``stream`` as SSE frames into a new outbox, from a task of the server's."""
         outbox = Outbox()
-        task = asyncio.get_running_loop().create_task(
-            _relay(stream, outbox), name=f"tether-relay-{stream.run_id}"
-        )
+        self.spawn(_relay(stream, outbox), f"tether-relay-{stream.run_id}")
+        return outbox
+
+    def spawn(self, work: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+        """Run ``work`` in a task the server holds until it ends."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        return outbox
+        return task
 
 
 async def _relay(stream: RunStream, outbox: Outbox) -> None:
