@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from fastapi import FastAPI
@@ -183,20 +184,24 @@ def deep(depth: int, close: bool) -> bytes:
     return b'{"message": ' * (depth % 3 == 0) + b"[" * depth + b"]" * (depth if close else depth // 2)
 
 
+FIELD_NAMES = ["message", "stream", "run_id", "session_id", "user_id", "reason", "mode", "grace", "x"]
+NAMES = st.sampled_from(FIELD_NAMES)  # the fields of both routes, and one of neither
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
-FIELDS = st.dictionaries(
-    st.sampled_from(["message", "stream", "run_id", "session_id", "user_id", "reason", "mode", "grace", "x"]),
-    JSON_VALUES,
+FIELDS = st.dictionaries(NAMES, JSON_VALUES, max_size=5)
+FORM_FIELDS = st.dictionaries(
+    NAMES,
+    st.text(st.characters(exclude_categories=["Cs"]), max_size=20),  # urlencode needs UTF-8
     max_size=5,
 )
 BODIES = st.one_of(
     FIELDS.map(lambda fields: json.dumps(fields).encode()),  # lone surrogates are escaped as \udXXX
     st.builds(deep, st.integers(1, 3000), st.booleans()),
     st.integers(1, 6000).map(lambda digits: b'{"message": "x", "n": ' + b"7" * digits + b"}"),
+    FORM_FIELDS.map(lambda fields: urlencode(fields).encode()),
     st.binary(max_size=200),
     st.text(max_size=100).map(lambda text: text.encode("utf-8", "surrogatepass")),
 )
@@ -213,7 +218,7 @@ CONTENT_TYPES = st.sampled_from(
 )
 
 
-def test_no_body_makes_a_server_error(client: TestClient) -> None:
+def test_whatever_the_body_the_answer_is_a_4xx_with_the_error_schema(client: TestClient) -> None:
     @given(body=BODIES, content_type=CONTENT_TYPES, cancel=st.booleans())
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def exercise(body: bytes, content_type: str | None, cancel: bool) -> None:

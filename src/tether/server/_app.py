@@ -44,8 +44,8 @@ def create_app(
     ``storage`` defaults to ``TETHER_STORAGE_URL`` or a SQLite file ``tether.db``; agents without a
     store of their own use it. ``security_key`` (default ``TETHER_SECURITY_KEY``) makes every route
     but ``/health`` require ``Authorization: Bearer <key>``, ``/openapi.json``, ``/docs`` and ``/redoc``
-    included. ``on_disconnect``: ``"cancel"`` stops a
-    run whose client went away, streaming or not (``source="consumer"``); ``"continue"`` lets it finish.
+    included. ``on_disconnect``: ``"cancel"`` stops a run whose client went away before it ended,
+    streaming or not (``source="consumer"``); ``"continue"`` lets it finish in the background.
     ``redis_url`` (default ``TETHER_REDIS_URL``; key prefix ``TETHER_REDIS_PREFIX``, default ``tether:``)
     lets a cancel reach a run owned by another worker process.
 
