@@ -82,8 +82,10 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_status(
     tmp_path: Path, key: str | None
 ) -> None:
     # Driven directly, not through schemathesis' pytest plugin (which does not support pytest 9 yet).
-    schema = schemathesis.openapi.from_asgi("/openapi.json", make_app(tmp_path / "fuzz.db", key))
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    schema = schemathesis.openapi.from_asgi(
+        "/openapi.json", make_app(tmp_path / "fuzz.db", key), headers=headers
+    )
     checked = []
     for result in schema.get_all_operations():
         operation = result.ok()

@@ -17,9 +17,9 @@ from .._run._registry import stop_runs
 from .._wire import Health
 from ..exceptions import ConfigurationError
 from ..storage import Storage, storage_from_url
-from . import _errors, _routes
+from . import _docs, _errors, _routes
 from ._auth import require_key
-from ._sse import DisconnectPolicy
+from ._disconnect import DisconnectPolicy
 from ._state import ServerState
 
 if TYPE_CHECKING:
@@ -43,8 +43,9 @@ def create_app(
 
     ``storage`` defaults to ``TETHER_STORAGE_URL`` or a SQLite file ``tether.db``; agents without a
     store of their own use it. ``security_key`` (default ``TETHER_SECURITY_KEY``) makes every route
-    but ``/health`` require ``Authorization: Bearer <key>``. ``on_disconnect``: ``"cancel"`` stops a
-    streaming run whose client went away (``source="consumer"``); ``"continue"`` lets it finish.
+    but ``/health`` require ``Authorization: Bearer <key>``, ``/openapi.json``, ``/docs`` and ``/redoc``
+    included. ``on_disconnect``: ``"cancel"`` stops a run whose client went away before it ended,
+    streaming or not (``source="consumer"``); ``"continue"`` lets it finish in the background.
     ``redis_url`` (default ``TETHER_REDIS_URL``; key prefix ``TETHER_REDIS_PREFIX``, default ``tether:``)
     lets a cancel reach a run owned by another worker process.
 
@@ -68,7 +69,15 @@ def create_app(
     state = ServerState.of(chosen, store, on_disconnect)
     redis = redis_url or os.environ.get("TETHER_REDIS_URL") or None
 
-    app = FastAPI(title="tether", version=__version__, lifespan=_lifespan(state, redis))
+    # No description routes of FastAPI's own: they would be open to anyone (see _docs).
+    app = FastAPI(
+        title="tether",
+        version=__version__,
+        lifespan=_lifespan(state, redis),
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.tether = state
     _errors.install(app)
 
@@ -79,6 +88,7 @@ def create_app(
     # Security is declared (and enforced) only when a key is set, so the spec says what the server does.
     auth = [Depends(require_key(key))] if key else []
     app.include_router(_routes.build(state), dependencies=auth)
+    app.include_router(_docs.build(app), dependencies=auth)
     return app
 
 

@@ -37,13 +37,7 @@ async def _fields(request: Request, *, required: bool) -> dict[str, Any]:
     if not body and not required:
         return {}
     if kind == "application/json":
-        try:
-            data = json.loads(body)
-        except ValueError as exc:
-            raise HTTPProblem(422, f"body is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise HTTPProblem(422, "body must be a JSON object")
-        return data
+        return _json_object(bytes(body))
     if kind in FORMS:
         request._body = bytes(body)  # let Starlette's form parser read what we already read
         try:
@@ -57,3 +51,21 @@ async def _fields(request: Request, *, required: bool) -> dict[str, Any]:
     raise HTTPProblem(
         422, "Content-Type must be application/json, application/x-www-form-urlencoded or multipart/form-data"
     )
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; whatever the bytes are, a failure is a 422, never a 500.
+
+    ``json.loads`` raises ValueError for bad syntax, bad UTF-8 (UnicodeDecodeError) and integers of
+    more than 4300 digits, and RecursionError for nesting deeper than the interpreter's stack allows
+    (about 1,000 levels, fewer on a deep stack). Duplicate keys are accepted, the last one wins.
+    """
+    try:
+        data = json.loads(body)
+    except RecursionError as exc:
+        raise HTTPProblem(422, "body is not valid JSON: nested too deeply") from exc
+    except ValueError as exc:
+        raise HTTPProblem(422, f"body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise HTTPProblem(422, "body must be a JSON object")
+    return data

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 logger = logging.getLogger("tether.server")
 
@@ -95,6 +96,16 @@ def install(app: FastAPI) -> None:
         return JSONResponse(
             error_body(exc.status_code, detail), status_code=exc.status_code, headers=exc.headers
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # Raised by any read of the body (ours, Starlette's form parser) when the client closed the
+        # connection before sending all of it: no run started, nothing failed here. The answer is
+        # for the ASGI server to drop (the connection is gone).
+        logger.info(
+            "client disconnected during %s %s before its body was read", request.method, request.url.path
+        )
+        return JSONResponse(error_body(400, "the client disconnected before sending the whole body"), 400)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

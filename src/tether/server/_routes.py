@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import JSONResponse
 
 from .._agent import Agent
 from .._ids import ID_PATTERN
@@ -15,6 +14,7 @@ from .._wire import AgentInfo, CancelRequest, CancelResult, RunRequest
 from ..distributed._protocol import RemoteOutcome
 from ..exceptions import ConfigurationError, RemoteCancelError, StorageError
 from . import _body
+from ._collect import RunOutputResponse
 from ._errors import HTTPProblem, logger, responses
 from ._sse import EventStreamResponse
 from ._state import ServerState
@@ -101,7 +101,7 @@ def _run_routes(router: APIRouter, state: ServerState) -> None:
             raise HTTPProblem(400 if "already in use" in str(exc) else 422, str(exc)) from exc
         if body.stream:
             return EventStreamResponse(stream, state.relays, state.on_disconnect)
-        return JSONResponse((await stream.collect()).model_dump(mode="json"))
+        return RunOutputResponse(stream, state.relays, state.on_disconnect)
 
     @router.post(
         "/agents/{agent_id}/runs/{run_id}/cancel",
@@ -139,6 +139,8 @@ def _run_routes(router: APIRouter, state: ServerState) -> None:
         stored = await _stored(state, agent, run_id, failure="Failed to cancel run")
         if stored is None or stored.status.is_active:
             raise HTTPProblem(404, "Run not found")
+        if stored.status is RunStatus.cancelled:  # a repeated Stop: the run is stopped, as asked
+            return CancelResult(run_id=run_id, agent_id=agent.id, status=stored.status)
         raise HTTPProblem(400, f"Run {run_id} has already ended with status {stored.status.value}")
 
 

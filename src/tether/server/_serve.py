@@ -35,7 +35,7 @@ from ..exceptions import ConfigurationError
 from ..storage import storage_from_url
 from ..testing import demo_model
 from ._app import DEFAULT_STORAGE_URL, create_app
-from ._sse import DisconnectPolicy
+from ._disconnect import DisconnectPolicy
 
 logger = logging.getLogger("tether.server")
 

@@ -1,9 +1,10 @@
 """Server-sent events for a run, with an explicit policy for a client that goes away.
 
 The run is consumed by a *relay* task the server owns, never by the HTTP response itself: so a
-client disconnect can only do what the policy says. ``"cancel"``: the run is cancelled with
-``source="consumer"`` (and stored). ``"continue"``: it finishes in the background, its events dropped,
-fetchable with GET and cancellable with POST cancel. Frames are ``event: <RunEvent>`` + ``data: <JSON>``.
+client disconnect can only do what the policy says (:mod:`._disconnect`). ``"cancel"``: the run is
+cancelled with ``source="consumer"`` (and stored). ``"continue"``: it finishes in the background, its
+events dropped, fetchable with GET and cancellable with POST cancel. Frames are ``event: <RunEvent>`` +
+``data: <JSON>``.
 
 Whatever is ready goes out together: the relay takes every event the run has queued, encodes them
 into one piece, and the response sends everything encoded since its last send as one ASGI message
@@ -16,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Literal
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import anyio
 from starlette.responses import Response
@@ -24,11 +26,12 @@ from starlette.types import Receive, Scope, Send
 
 from .._run import RunStream
 from .._run._channel import wake
+from ._disconnect import DisconnectPolicy, client_gone, until_disconnect
 from ._frames import FrameEncoder
 
 logger = logging.getLogger("tether.server")
 
-DisconnectPolicy = Literal["cancel", "continue"]
+T = TypeVar("T")
 OUTBOX_BYTES = 64 * 1024
 """Encoded bytes the relay may have waiting for a slow client before it stops reading the run."""
 HEADERS = [
@@ -94,19 +97,23 @@ class Outbox:
 
 
 class Relays:
-    """The server's relay tasks (strong references), so runs outlive the requests that started them."""
+    """The server's tasks reading runs (strong references), so runs outlive the requests that started them."""
 
     def __init__(self) -> None:
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
 
     def start(self, stream: RunStream) -> Outbox:
+        """Relay ``stream`` as SSE frames into a new outbox, from a task of the server's."""
         outbox = Outbox()
-        task = asyncio.get_running_loop().create_task(
-            _relay(stream, outbox), name=f"tether-relay-{stream.run_id}"
-        )
+        self.spawn(_relay(stream, outbox), f"tether-relay-{stream.run_id}")
+        return outbox
+
+    def spawn(self, work: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+        """Run ``work`` in a task the server holds until it ends."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        return outbox
+        return task
 
 
 async def _relay(stream: RunStream, outbox: Outbox) -> None:
@@ -173,13 +180,9 @@ class EventStreamResponse(Response):
                 return True
 
     async def _watch(self, receive: Receive, scope: anyio.CancelScope) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self._client_gone()
-                scope.cancel()
-                return
+        await until_disconnect(receive)
+        self._client_gone()
+        scope.cancel()
 
     def _client_gone(self) -> None:
-        if self.on_disconnect == "cancel":
-            self.stream.handle.request_cancel("client disconnected", "consumer")
+        client_gone(self.stream, self.on_disconnect)

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 from .._agent import Agent
 from ..storage import Storage
+from ._disconnect import DisconnectPolicy
 from ._errors import HTTPProblem
-from ._sse import DisconnectPolicy, Relays
+from ._sse import Relays
 
 
 @dataclass
