@@ -22,6 +22,17 @@ from ._errors import logger
 from ._sse import Relays
 
 
+async def _read(stream: RunStream) -> RunOutput:
+    """The run's output; a KeyboardInterrupt or SystemExit raised inside the run (which ends it with a
+    RunError) is logged here, not raised in a server task, where it would stop the server's loop."""
+    try:
+        return await stream.collect()
+    except (KeyboardInterrupt, SystemExit) as exc:
+        logger.error("run %s raised %s; it ended with a RunError", stream.run_id, type(exc).__name__)
+        assert stream.output is not None
+        return stream.output
+
+
 class RunOutputResponse(Response):
     """The run's :class:`RunOutput` as JSON (200) once it ended; nothing if the client went first."""
 
@@ -35,7 +46,7 @@ class RunOutputResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         run_id = self.stream.run_id
-        run = self.relays.spawn(self.stream.collect(), f"tether-collect-{run_id}")
+        run = self.relays.spawn(_read(self.stream), f"tether-collect-{run_id}")
         watcher = asyncio.get_running_loop().create_task(
             until_disconnect(receive), name=f"tether-watch-{run_id}"
         )

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request
 
 from .._agent import Agent
 from .._ids import ID_PATTERN
-from .._run import RunHandle, RunOutput, RunStatus, registry
+from .._run import CancelAnswer, RunHandle, RunOutput, RunStatus, registry
 from .._wire import AgentInfo, CancelRequest, CancelResult, RunRequest
 from ..distributed._protocol import RemoteOutcome
 from ..exceptions import ConfigurationError, RemoteCancelError, StorageError
@@ -123,19 +123,24 @@ def _run_routes(router: APIRouter, state: ServerState) -> None:
         agent = state.agent(agent_id)
         body = await _body.read(request, CancelRequest, required=False)
         handle = registry.get(run_id)
-        if handle is not None and handle.agent_id == agent.id:
-            try:
-                accepted = agent.cancel_run(run_id, body.reason, mode=body.mode, grace=body.grace)
-            except Exception as exc:
-                logger.exception("cancelling run %s failed", run_id, exc_info=exc)
-                raise HTTPProblem(500, "Failed to cancel run") from exc
-            if accepted:
+        try:  # a run of this process, live or ending (its final write under way): an exact answer
+            answer = registry.answer_cancel(
+                run_id, reason=body.reason, agent_id=agent.id, mode=body.mode, grace=body.grace
+            )
+        except Exception as exc:
+            logger.exception("cancelling run %s failed", run_id, exc_info=exc)
+            raise HTTPProblem(500, "Failed to cancel run") from exc
+        if answer is not None:
+            if handle is not None and answer is not CancelAnswer.ENDED:
                 await _wait_ended(handle, wait)
-                return CancelResult(run_id=run_id, agent_id=agent.id, status=handle.status)
-        elif registry.remote is not None:
-            status = await _cancel_remote(state, agent.id, run_id, body, wait)
-            if status is not None:
-                return CancelResult(run_id=run_id, agent_id=agent.id, status=status)
+            status = _status_here(handle, run_id)
+            if answer is CancelAnswer.ENDED:
+                raise HTTPProblem(400, f"Run {run_id} has already ended with status {status.value}")
+            return CancelResult(run_id=run_id, agent_id=agent.id, status=status)
+        if registry.remote is not None:
+            remote_status = await _cancel_remote(state, agent.id, run_id, body, wait)
+            if remote_status is not None:
+                return CancelResult(run_id=run_id, agent_id=agent.id, status=remote_status)
         stored = await _stored(state, agent, run_id, failure="Failed to cancel run")
         if stored is None or stored.status.is_active:
             raise HTTPProblem(404, "Run not found")
@@ -156,6 +161,9 @@ def _read_routes(router: APIRouter, state: ServerState) -> None:
         handle = registry.get(run_id)
         if handle is not None and handle.agent_id == agent.id:
             return _live(handle)
+        ended = registry.ended_output(run_id)  # its final write is under way
+        if ended is not None and ended.agent_id == agent.id:
+            return ended
         stored = await _stored(state, agent, run_id, failure="Failed to read run")
         if stored is None:
             raise HTTPProblem(404, "Run not found")
@@ -233,10 +241,13 @@ async def _read(state: ServerState, run_id: str, *, failure: str) -> RunOutput |
 
 async def _list(state: ServerState, **filters: Any) -> list[RunOutput]:
     try:
-        return await state.storage.list_runs(**filters)
+        runs = await state.storage.list_runs(**filters)
     except StorageError as exc:
         logger.error("listing runs failed: %s", exc)
         raise HTTPProblem(500, "Failed to list runs") from exc
+    runs = [registry.ended_output(run.run_id) or run for run in runs]  # final writes under way
+    wanted = filters.get("status")
+    return [run for run in runs if wanted is None or run.status is wanted]
 
 
 async def _wait_ended(handle: RunHandle, wait: float) -> None:
@@ -245,6 +256,14 @@ async def _wait_ended(handle: RunHandle, wait: float) -> None:
         return  # a timeout of 0 still costs a turn of the event loop, a long one under load
     with anyio.move_on_after(wait):
         await handle.done_event().wait()
+
+
+def _status_here(handle: RunHandle | None, run_id: str) -> RunStatus:
+    """The status of a run of this process: its handle's, or its output's while its final write is on."""
+    if handle is not None:
+        return handle.status
+    ended = registry.ended_output(run_id)
+    return ended.status if ended is not None else RunStatus.running
 
 
 def _live(handle: RunHandle) -> RunOutput:
