@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 from .._messages import Message
 from .._run._events import RunStatus
 from .._run._output import RunMetrics, RunOutput
+from ..exceptions import StorageError
 
 SCHEMA_VERSION = 2
 """Bump with a migration step in every backend when the schema changes."""
@@ -109,8 +110,12 @@ COLUMNS = (
 
 
 def to_row(output: RunOutput) -> dict[str, Any]:
-    """A RunOutput as column values; ``messages`` and ``metrics`` as JSON text."""
-    return {
+    """A RunOutput as column values; ``messages`` and ``metrics`` as JSON text.
+
+    Raises StorageError, before anything is written, if a text holds a lone surrogate (not valid
+    Unicode: UTF-8 cannot encode it, so no backend can store it).
+    """
+    row = {
         "run_id": output.run_id,
         "agent_id": output.agent_id,
         "agent_name": output.agent_name,
@@ -120,7 +125,9 @@ def to_row(output: RunOutput) -> dict[str, Any]:
         "model": output.model,
         "status": output.status.value,
         "content": output.content,
-        "messages": json.dumps([m.model_dump(exclude_defaults=True) for m in output.messages]),
+        "messages": json.dumps(
+            [m.model_dump(exclude_defaults=True) for m in output.messages], ensure_ascii=False
+        ),
         "cancel_reason": output.cancel_reason,
         "cancel_source": output.cancel_source,
         "error": output.error,
@@ -128,6 +135,17 @@ def to_row(output: RunOutput) -> dict[str, Any]:
         "metrics": output.metrics.model_dump_json(),
         "created_at": output.created_at,
     }
+    for column, value in row.items():
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError as exc:
+                raise StorageError(
+                    f"run {output.run_id!r} cannot be stored: its {column} holds a lone surrogate "
+                    f"({value[exc.start]!r} at index {exc.start} of the column's text), which is not "
+                    "valid Unicode"
+                ) from exc
+    return row
 
 
 def from_row(row: Any) -> RunOutput:
