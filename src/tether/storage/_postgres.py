@@ -47,6 +47,7 @@ _DRIVER_ERRORS = (
 # more on a fresh connection. Every operation is idempotent (upserts, the reap, reads).
 _CONNECTION_LOST = (
     asyncpg.PostgresConnectionError,
+    asyncpg.InternalClientError,  # e.g. the server closed an idle pooled connection: its state is broken
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     ConnectionError,
@@ -201,7 +202,7 @@ class PostgresStorage:
                 return await work(pool)
             except _CONNECTION_LOST as exc:
                 logger.warning("%r: connection lost (%s); trying once more on a new one", self, exc)
-                pool.expire_connections()  # after a server restart every pooled connection is dead
+                await pool.expire_connections()  # after a server restart every pooled connection is dead
                 return await work(pool)
 
     async def _pool(self) -> _LoopPool:
@@ -224,7 +225,8 @@ class PostgresStorage:
                     timeout=self.connect_timeout,
                     command_timeout=self.command_timeout,
                     init=_init_connection,
-                    server_settings={"application_name": "tether"},
+                    # Names the store in pg_stat_activity (PostgreSQL keeps the first 63 bytes).
+                    server_settings={"application_name": f"tether {self.schema}"},
                 )
         except _CONNECT_ERRORS as exc:
             raise self._error(f"could not connect to PostgreSQL at {self._where}", exc) from exc
