@@ -265,6 +265,24 @@ async def test_every_valid_unicode_text_round_trips_in_every_column(storage: Sto
     assert await storage.list_runs(status=RunStatus.cancelled) == written
 
 
+async def test_nul_in_free_text_round_trips(storage: Storage) -> None:
+    text = "NUL \x00 and look-alikes of an escape \x01\x02 \x01\x00\x01 \\u0000"
+    call = ToolCall(id="c1", function=ToolCallFunction(name="f", arguments=f'{{"q": "{text}"}}'))
+    written = finished(
+        "nul",
+        agent_name=text,
+        model=text,
+        content=text,
+        messages=[Message(role="user", content=text), Message(role="assistant", tool_calls=[call])],
+        cancel_reason=text,
+        error=text,
+        error_type=text,
+    )
+    await storage.finish_run(written)
+    assert await storage.get_run("nul") == written
+    assert await storage.list_runs() == [written]
+
+
 async def test_random_text_from_all_of_unicode_round_trips(storage: Storage) -> None:
     chooser = random.Random(12)
     planes = [(0x01, 0xD7FF), (0xE000, 0xFFFF), (0x10000, 0x3FFFF), (0xE0000, 0x10FFFF)]

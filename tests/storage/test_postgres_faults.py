@@ -1,6 +1,6 @@
 """PostgresStorage under real faults: connections killed under an operation (``pg_terminate_backend``),
-every pooled connection killed (as by a server restart), the server going away and coming back,
-text PostgreSQL cannot hold."""
+every pooled connection killed (as by a server restart), NUL characters (which PostgreSQL text cannot
+hold), aclose with an operation in flight."""
 
 from __future__ import annotations
 
@@ -50,6 +50,14 @@ async def backends(store: PostgresStorage, *, waiting: bool) -> list[int]:
     finally:
         await conn.close()
     return [row["pid"] for row in rows]
+
+
+async def sql(query: str) -> list[Any]:
+    conn = await asyncpg.connect(POSTGRES_DSN, timeout=5)
+    try:
+        return list(await conn.fetch(query))
+    finally:
+        await conn.close()
 
 
 async def kill(pids: list[int]) -> None:
@@ -120,29 +128,30 @@ async def test_every_pooled_connection_killed_as_by_a_restart_costs_no_operation
     assert sorted(r.run_id for r in await store.list_runs()) == [f"r{index}" for index in range(10)]
 
 
-@pytest.mark.parametrize(
-    ("column", "changes"),
-    [
-        ("content", {"content": "a\x00b"}),
-        ("error", {"error": "\x00"}),
-        ("messages", {"messages": [Message(role="user", content="nul \x00 inside")]}),
-    ],
-)
-async def test_a_nul_character_is_a_storage_error_naming_the_run_and_nothing_is_written(
-    store: PostgresStorage, column: str, changes: dict[str, Any]
+@pytest.mark.parametrize("column", ["run_id", "agent_id", "session_id", "user_id", "parent_run_id"])
+async def test_a_nul_in_an_id_is_a_storage_error_naming_the_run_and_nothing_is_written(
+    store: PostgresStorage, column: str
 ) -> None:
     with pytest.raises(StorageError) as failure:
-        await store.finish_run(run("r1", **changes))
+        await store.finish_run(run("r1").model_copy(update={column: "a\x00b"}))
+    run_id = "a\x00b" if column == "run_id" else "r1"
     assert str(failure.value) == (
-        f"run 'r1' cannot be stored in PostgreSQL: its {column} holds a NUL character (U+0000), "
-        "which PostgreSQL text and jsonb cannot hold"
+        f"run {run_id!r} cannot be stored in PostgreSQL: its {column} holds a NUL character (U+0000), "
+        "which PostgreSQL keeps only in free text (content, messages, errors)"
     )
-    assert await store.get_run("r1") is None
-    literal = run(
-        "r1", content="\\u0000 is six characters", messages=[Message(role="user", content="\\u0000")]
-    )
-    await store.finish_run(literal)  # a backslash-u0000 typed as text is not a NUL
-    assert await store.get_run("r1") == literal
+    assert await store.list_runs() == []
+
+
+async def test_free_text_with_nul_is_stored_escaped_and_read_back_as_written(store: PostgresStorage) -> None:
+    text = "\x00\x01\x02 \x01\x00 \x01\x01\x02 \\u0000"
+    written = run("r1", content=text, error=text, messages=[Message(role="user", content=text, name=text)])
+    await store.finish_run(written)
+    [row] = await sql(f'SELECT content, messages FROM "{store.schema}".tether_runs')
+    assert row["content"] == "\x01\x02\x01\x01\x02 \x01\x01\x01\x02 \x01\x01\x01\x01\x02 \\u0000"
+    assert await store.get_run("r1") == written
+    plain = run("r2", content="\x01\x02 stays as it is")  # no NUL: stored as it is
+    await store.finish_run(plain)
+    assert await store.list_runs() == [written, plain]
 
 
 async def test_an_operation_in_flight_does_not_hold_aclose_past_its_bound(store: PostgresStorage) -> None:

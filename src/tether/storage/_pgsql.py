@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .._run._output import RunOutput
@@ -13,6 +14,9 @@ from ._base import COLUMNS, to_row
 
 _NOW = "extract(epoch from clock_timestamp())::double precision"
 _JSON_COLUMNS = frozenset({"messages", "metrics"})
+_FREE_TEXT = ("agent_name", "model", "content", "cancel_reason", "error", "error_type")
+_ESCAPED = "nul_escaped"
+_ESCAPE_PAIR = re.compile("\x01([\x01\x02])")
 
 
 class Queries:
@@ -78,22 +82,66 @@ class Queries:
 
 
 def run_values(output: RunOutput) -> list[Any]:
-    """The upsert's parameters; StorageError for text PostgreSQL cannot hold, before anything is sent."""
+    """The upsert's parameters, NUL escaped; StorageError for a NUL in an id, before anything is sent.
+
+    PostgreSQL text and jsonb cannot hold NUL (U+0000). A run whose free text (``_FREE_TEXT`` and
+    the messages) holds one is stored losslessly: every string there is escaped (U+0001 becomes
+    U+0001 U+0001, U+0000 becomes U+0001 U+0002) and ``messages`` is stored as
+    ``{"nul_escaped": [...]}``, which :func:`plain_row` undoes. Ids and the other columns that
+    queries filter on are stored as they are, so a NUL there is refused.
+    """
     row = to_row(output)
-    for column, value in row.items():
-        # JSON writes NUL as the escape \u0000 (a quick test first, then the decoded strings).
-        if (
-            column in _JSON_COLUMNS
-            and "\\u0000" in value
-            and any("\x00" in text for text in _strings(json.loads(value)))
-        ):
-            value = "\x00"
-        if isinstance(value, str) and "\x00" in value:
+    # JSON writes NUL as the escape \u0000: a quick test first, then the decoded strings.
+    messages = json.loads(row["messages"]) if "\\u0000" in row["messages"] else None
+    escape = any(row[column] and "\x00" in row[column] for column in _FREE_TEXT) or (
+        messages is not None and any("\x00" in text for text in _strings(messages))
+    )
+    for column in COLUMNS:
+        value = row[column]
+        if column not in _FREE_TEXT and column != "messages" and isinstance(value, str) and "\x00" in value:
             raise StorageError(
                 f"run {output.run_id!r} cannot be stored in PostgreSQL: its {column} holds a NUL "
-                "character (U+0000), which PostgreSQL text and jsonb cannot hold"
+                "character (U+0000), which PostgreSQL keeps only in free text (content, messages, errors)"
             )
+    if escape:
+        for column in _FREE_TEXT:
+            if row[column] is not None:
+                row[column] = _escape(row[column])
+        escaped = _each_string(_escape, json.loads(row["messages"]))
+        row["messages"] = json.dumps({_ESCAPED: escaped}, ensure_ascii=False)
     return [row[column] for column in COLUMNS]
+
+
+def plain_row(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A stored row as :func:`~._base.from_row` reads it: a NUL-escaped one unescaped."""
+    messages = row["messages"]
+    if not (isinstance(messages, dict) and _ESCAPED in messages):
+        return row
+    plain = dict(row)
+    for column in _FREE_TEXT:
+        if plain[column] is not None:
+            plain[column] = _unescape(plain[column])
+    plain["messages"] = _each_string(_unescape, messages[_ESCAPED])
+    return plain
+
+
+def _escape(text: str) -> str:
+    return text.replace("\x01", "\x01\x01").replace("\x00", "\x01\x02")
+
+
+def _unescape(text: str) -> str:
+    return _ESCAPE_PAIR.sub(lambda pair: "\x01" if pair[1] == "\x01" else "\x00", text)
+
+
+def _each_string(change: Callable[[str], str], value: Any) -> Any:
+    """Decoded JSON with ``change`` applied to every string, keys included."""
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, list):
+        return [_each_string(change, item) for item in value]
+    if isinstance(value, dict):
+        return {change(key): _each_string(change, item) for key, item in value.items()}
+    return value
 
 
 def _strings(value: Any) -> Iterator[str]:

@@ -27,7 +27,7 @@ from .._run._events import RunStatus
 from .._run._output import RunOutput
 from ..exceptions import ConfigurationError, StorageError
 from ._base import CRASHED_ERROR, CRASHED_TYPE, SCHEMA_VERSION, from_row, owner_id
-from ._pgsql import Queries, lock_key, run_values
+from ._pgsql import Queries, lock_key, plain_row, run_values
 
 T = TypeVar("T")
 logger = logging.getLogger("tether.storage")
@@ -69,8 +69,9 @@ class PostgresStorage:
     returns at once and cancels the statement on the server, and the next write of the same run
     starts only after the abandoned one has ended there, so writes of a run land in the order they
     were made. An operation whose connection dies under it is tried once more on a fresh connection;
-    ``command_timeout`` bounds each statement. Text with a NUL character is refused with
-    StorageError (PostgreSQL text cannot hold it). Each process with live runs writes one heartbeat every
+    ``command_timeout`` bounds each statement. PostgreSQL text cannot hold NUL (U+0000): in free text
+    (content, messages, errors) it is stored escaped and read back as written; in an id it is
+    refused with StorageError. Each process with live runs writes one heartbeat every
     ``heartbeat_interval`` seconds; ``stale_after`` is how old (seconds, by the database clock) an
     owner's heartbeat may be before its RUNNING runs count as orphaned by a dead process.
 
@@ -268,7 +269,7 @@ class PostgresStorage:
 
     def _decode(self, row: Any) -> RunOutput:
         try:
-            return from_row(row)
+            return from_row(plain_row(row))
         except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
             raise StorageError(
                 f"run {row['run_id']} in PostgreSQL at {self._where} is corrupt: {exc}"
