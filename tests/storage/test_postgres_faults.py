@@ -1,13 +1,17 @@
 """PostgresStorage under real faults: connections killed under an operation (``pg_terminate_backend``),
-every pooled connection killed (as by a server restart), NUL characters (which PostgreSQL text cannot
-hold), aclose with an operation in flight."""
+every pooled connection killed (as by a server restart), the server going away and coming back,
+NUL characters (which PostgreSQL text cannot hold), aclose with an operation in flight."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import asyncpg
@@ -168,3 +172,56 @@ async def test_an_operation_in_flight_does_not_hold_aclose_past_its_bound(store:
         assert time.monotonic() - started < 7  # CLOSE_TIMEOUT (5 s), then the pool is terminated
     await store.finish_run(run("r2"))
     assert [r.run_id for r in await store.list_runs()] == ["r2"]
+
+
+@asynccontextmanager
+async def tcp_proxy(port: int) -> AsyncIterator[None]:
+    """A TCP proxy from 127.0.0.1:``port`` to the test server: the server "goes away" when it ends
+    (every connection through it is cut and the port refuses)."""
+    target = urlsplit(POSTGRES_DSN)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port)
+
+    async def pipe(source: anyio.abc.ByteStream, sink: anyio.abc.ByteStream) -> None:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            async for chunk in source:
+                await sink.send(chunk)
+        await sink.aclose()
+
+    async def serve(client: anyio.abc.SocketStream) -> None:
+        server = await anyio.connect_tcp(target.hostname or "127.0.0.1", target.port or 5432)
+        async with client, server, anyio.create_task_group() as group:
+            group.start_soon(pipe, client, server)
+            group.start_soon(pipe, server, client)
+
+    async with listener, anyio.create_task_group() as group:
+        group.start_soon(listener.serve, serve)
+        try:
+            yield
+        finally:
+            group.cancel_scope.cancel()
+
+
+async def test_a_server_gone_away_is_a_clear_error_within_the_connect_timeout_and_used_when_back() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    schema = await postgres_schema()
+    target = urlsplit(POSTGRES_DSN)
+    dsn = target._replace(netloc=f"{target.username or 'postgres'}@127.0.0.1:{port}").geturl()
+    store = PostgresStorage(dsn, schema=schema, connect_timeout=1)
+    try:
+        async with tcp_proxy(port):
+            await store.finish_run(run("r1"))
+        started = time.monotonic()
+        with pytest.raises(
+            StorageError, match=rf"^could not read run r1 from PostgreSQL at 127.0.0.1:{port}/"
+        ) as e:
+            await store.get_run("r1")
+        assert time.monotonic() - started < 3  # two connection attempts, each refused at once
+        assert isinstance(e.value.__cause__, OSError)
+        async with tcp_proxy(port):
+            assert await store.get_run("r1") == run("r1")
+            await store.aclose()
+    finally:
+        await store.aclose()
+        await drop_schema(schema)

@@ -50,8 +50,10 @@ _CONNECTION_LOST = (
     asyncpg.InternalClientError,  # e.g. the server closed an idle pooled connection: its state is broken
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
-    ConnectionError,
-)
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)  # not ConnectionRefusedError or a connect timeout: a server that cannot be reached now fails at once
 # A malformed DSN surfaces as ValueError (bad option) or OverflowError (port out of range).
 _CONNECT_ERRORS = (*_DRIVER_ERRORS, ValueError, OverflowError)
 
