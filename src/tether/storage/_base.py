@@ -43,7 +43,16 @@ class Storage(Protocol):
     """An async run store. All methods raise :class:`~tether.exceptions.StorageError` on failure.
 
     Backends must be safe to use from several event loops of one process (the sync bridge has its
-    own loop) and from several processes at once.
+    own loop) and from several processes at once, and must never block the event loop.
+
+    Cancellation: every method may be abandoned by cancelling its caller, which then returns at
+    once. An abandoned write either never happens or happens completely (one transaction), and
+    never after a later write of the same run made through the same store. To let a write go on in
+    the background, run it in a task of its own and wait for that task with a bound, rather than
+    cancelling the call.
+
+    Text: any valid Unicode string round-trips exactly; a lone surrogate (not valid Unicode) is a
+    StorageError naming the run and column, raised before anything is written.
     """
 
     async def open(self) -> None:
@@ -59,7 +68,11 @@ class Storage(Protocol):
         ...
 
     async def finish_run(self, output: RunOutput) -> None:
-        """Write the run's final state (insert or replace); it is no longer owned."""
+        """Write the run's final state (insert or replace); it is no longer owned.
+
+        Idempotent: safe to call again (to retry a failed final write) and concurrently with
+        :meth:`reap`, whose ERROR it overwrites. A finished run is never reaped.
+        """
         ...
 
     async def get_run(self, run_id: str) -> RunOutput | None:
@@ -83,7 +96,8 @@ class Storage(Protocol):
 
     async def reap(self, stale_after: float) -> list[str]:
         """Mark ERROR every RUNNING run whose owner's heartbeat is older than ``stale_after`` seconds
-        (or missing); return their ids."""
+        (or missing); return their ids. Runs owned by this process (:func:`owner_id`) are never
+        reaped, whatever its heartbeat: it is alive, it is running this call."""
         ...
 
 

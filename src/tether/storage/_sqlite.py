@@ -182,6 +182,7 @@ class SqliteStorage:
             except sqlite3.Error as exc:
                 code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
                 if code in _BUSY and not job.abandoned and time.monotonic() < deadline:
+                    time.sleep(0.005)  # some BUSY answers come at once, without SQLite's own wait
                     continue
                 if code in _REOPEN:
                     self._close()  # the next operation reopens the path and checks the file again
