@@ -7,10 +7,13 @@ Unreachable, its tests fail in CI (``CI=true``) and are skipped with the reason 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import pytest
 
 from tether.storage import SqliteStorage, Storage
@@ -65,3 +68,47 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     finally:
         await store.aclose()
         await drop_schema(schema)
+
+
+SQLITE_LOCKER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")  # holds the write lock until stdin closes
+print("locked", flush=True)
+sys.stdin.read()
+conn.execute("ROLLBACK")
+conn.close()
+"""
+
+
+@asynccontextmanager
+async def writes_locked(store: Storage) -> AsyncIterator[None]:
+    """Hold the store's write lock from another connection: SQLite's from another process
+    (``BEGIN IMMEDIATE``), PostgreSQL's tables in ACCESS EXCLUSIVE mode (reads wait too)."""
+    if isinstance(store, SqliteStorage):
+        command = [sys.executable, "-c", SQLITE_LOCKER, str(store.path)]
+        async with await anyio.open_process(command) as locker:
+            assert locker.stdout is not None and locker.stdin is not None
+            seen = b""
+            while not seen.endswith(b"\n"):
+                seen += await locker.stdout.receive()
+            assert seen == b"locked\n"
+            try:
+                yield
+            finally:
+                await locker.stdin.aclose()
+                with anyio.fail_after(5):
+                    await locker.wait()
+        return
+    import asyncpg
+
+    schema = store.schema  # type: ignore[attr-defined]
+    conn = await asyncpg.connect(POSTGRES_DSN, timeout=5)
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                f'LOCK TABLE "{schema}".tether_runs, "{schema}".tether_owners IN ACCESS EXCLUSIVE MODE'
+            )
+            yield
+    finally:
+        await conn.close()

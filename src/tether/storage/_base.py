@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 from .._messages import Message
 from .._run._events import RunStatus
 from .._run._output import RunMetrics, RunOutput
+from ..exceptions import StorageError
 
 SCHEMA_VERSION = 2
 """Bump with a migration step in every backend when the schema changes."""
@@ -42,7 +43,16 @@ class Storage(Protocol):
     """An async run store. All methods raise :class:`~tether.exceptions.StorageError` on failure.
 
     Backends must be safe to use from several event loops of one process (the sync bridge has its
-    own loop) and from several processes at once.
+    own loop) and from several processes at once, and must never block the event loop.
+
+    Cancellation: every method may be abandoned by cancelling its caller, which then returns at
+    once. An abandoned write either never happens or happens completely (one transaction), and
+    never after a later write of the same run made through the same store. To let a write go on in
+    the background, run it in a task of its own and wait for that task with a bound, rather than
+    cancelling the call.
+
+    Text: any valid Unicode string round-trips exactly; a lone surrogate (not valid Unicode) is a
+    StorageError naming the run and column, raised before anything is written.
     """
 
     async def open(self) -> None:
@@ -58,7 +68,11 @@ class Storage(Protocol):
         ...
 
     async def finish_run(self, output: RunOutput) -> None:
-        """Write the run's final state (insert or replace); it is no longer owned."""
+        """Write the run's final state (insert or replace); it is no longer owned.
+
+        Idempotent: safe to call again (to retry a failed final write) and concurrently with
+        :meth:`reap`, whose ERROR it overwrites. A finished run is never reaped.
+        """
         ...
 
     async def get_run(self, run_id: str) -> RunOutput | None:
@@ -82,7 +96,8 @@ class Storage(Protocol):
 
     async def reap(self, stale_after: float) -> list[str]:
         """Mark ERROR every RUNNING run whose owner's heartbeat is older than ``stale_after`` seconds
-        (or missing); return their ids."""
+        (or missing); return their ids. Runs owned by this process (:func:`owner_id`) are never
+        reaped, whatever its heartbeat: it is alive, it is running this call."""
         ...
 
 
@@ -109,8 +124,12 @@ COLUMNS = (
 
 
 def to_row(output: RunOutput) -> dict[str, Any]:
-    """A RunOutput as column values; ``messages`` and ``metrics`` as JSON text."""
-    return {
+    """A RunOutput as column values; ``messages`` and ``metrics`` as JSON text.
+
+    Raises StorageError, before anything is written, if a text holds a lone surrogate (not valid
+    Unicode: UTF-8 cannot encode it, so no backend can store it).
+    """
+    row = {
         "run_id": output.run_id,
         "agent_id": output.agent_id,
         "agent_name": output.agent_name,
@@ -120,7 +139,9 @@ def to_row(output: RunOutput) -> dict[str, Any]:
         "model": output.model,
         "status": output.status.value,
         "content": output.content,
-        "messages": json.dumps([m.model_dump(exclude_defaults=True) for m in output.messages]),
+        "messages": json.dumps(
+            [m.model_dump(exclude_defaults=True) for m in output.messages], ensure_ascii=False
+        ),
         "cancel_reason": output.cancel_reason,
         "cancel_source": output.cancel_source,
         "error": output.error,
@@ -128,6 +149,17 @@ def to_row(output: RunOutput) -> dict[str, Any]:
         "metrics": output.metrics.model_dump_json(),
         "created_at": output.created_at,
     }
+    for column, value in row.items():
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError as exc:
+                raise StorageError(
+                    f"run {output.run_id!r} cannot be stored: its {column} holds a lone surrogate "
+                    f"({value[exc.start]!r} at index {exc.start} of the column's text), which is not "
+                    "valid Unicode"
+                ) from exc
+    return row
 
 
 def from_row(row: Any) -> RunOutput:

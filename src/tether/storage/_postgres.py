@@ -9,12 +9,12 @@ clocks disagree still agree on which owner is dead.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
+import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 try:
@@ -26,14 +26,16 @@ from .._loopbound import LoopBound
 from .._run._events import RunStatus
 from .._run._output import RunOutput
 from ..exceptions import ConfigurationError, StorageError
-from ._base import COLUMNS, CRASHED_ERROR, CRASHED_TYPE, SCHEMA_VERSION, from_row, to_row
+from ._base import CRASHED_ERROR, CRASHED_TYPE, SCHEMA_VERSION, from_row, owner_id
+from ._pgsql import Queries, lock_key, plain_row, run_values
+
+T = TypeVar("T")
+logger = logging.getLogger("tether.storage")
 
 CLOSE_TIMEOUT = 5.0
-"""Seconds ``aclose()`` waits for borrowed connections before terminating the pool."""
+"""Seconds ``aclose()`` waits for operations in flight and borrowed connections, then terminates."""
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_NOW = "extract(epoch from clock_timestamp())::double precision"
-_JSON_COLUMNS = frozenset({"messages", "metrics"})
 _DRIVER_ERRORS = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
@@ -41,6 +43,17 @@ _DRIVER_ERRORS = (
     OSError,
     TimeoutError,
 )
+# The connection died under the operation (server restart, pg_terminate_backend, network): try once
+# more on a fresh connection. Every operation is idempotent (upserts, the reap, reads).
+_CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InternalClientError,  # e.g. the server closed an idle pooled connection: its state is broken
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)  # not ConnectionRefusedError or a connect timeout: a server that cannot be reached now fails at once
 # A malformed DSN surfaces as ValueError (bad option) or OverflowError (port out of range).
 _CONNECT_ERRORS = (*_DRIVER_ERRORS, ValueError, OverflowError)
 
@@ -54,7 +67,13 @@ class PostgresStorage:
     ``schema`` must exist or be creatable; the tables are created (or migrated) on first open.
     Each event loop that uses the store gets its own pool of ``min_size``..``max_size``
     connections, closed by :meth:`aclose` or when that loop shuts down, so one store can serve
-    your loop and the sync bridge's. Each process with live runs writes one heartbeat every
+    your loop and the sync bridge's. Every operation runs in a task of its own: cancelling the caller
+    returns at once and cancels the statement on the server, and the next write of the same run
+    starts only after the abandoned one has ended there, so writes of a run land in the order they
+    were made. An operation whose connection dies under it is tried once more on a fresh connection;
+    ``command_timeout`` bounds each statement. PostgreSQL text cannot hold NUL (U+0000): in free text
+    (content, messages, errors) it is stored escaped and read back as written; in an id it is
+    refused with StorageError. Each process with live runs writes one heartbeat every
     ``heartbeat_interval`` seconds; ``stale_after`` is how old (seconds, by the database clock) an
     owner's heartbeat may be before its RUNNING runs count as orphaned by a dead process.
 
@@ -93,7 +112,7 @@ class PostgresStorage:
         self._dsn = dsn
         self._where = _describe(dsn)
         self._secrets = _secrets(dsn)
-        self._sql = _Queries(schema)
+        self._sql = Queries(schema)
         self._pools: LoopBound[_LoopPool] = LoopBound(_LoopPool, _LoopPool.close)
 
     def __repr__(self) -> str:
@@ -106,21 +125,24 @@ class PostgresStorage:
         await (await self._pools.get()).close()
 
     async def start_run(self, output: RunOutput, owner: str) -> None:
-        pool = await self._pool()
-        with self._translate(f"write run {output.run_id} to"):
-            await pool.execute(self._sql.start, *_values(output), owner)
+        values = run_values(output)
+        await self._call(
+            f"write run {output.run_id} to",
+            lambda pool: pool.execute(self._sql.start, *values, owner),
+            output.run_id,
+        )
 
     async def finish_run(self, output: RunOutput) -> None:
-        pool = await self._pool()
-        with self._translate(f"write run {output.run_id} to"):
-            await pool.execute(self._sql.upsert, *_values(output), None)
+        values = run_values(output)
+        await self._call(
+            f"write run {output.run_id} to",
+            lambda pool: pool.execute(self._sql.upsert, *values, None),
+            output.run_id,
+        )
 
     async def get_run(self, run_id: str) -> RunOutput | None:
-        pool = await self._pool()
-        with self._translate(f"read run {run_id} from"):
-            row = await pool.fetchrow(
-                self._sql.get, CRASHED_ERROR, CRASHED_TYPE, float(self.stale_after), run_id
-            )
+        args = (CRASHED_ERROR, CRASHED_TYPE, float(self.stale_after), owner_id(), run_id)
+        row = await self._call(f"read run {run_id} from", lambda pool: pool.fetchrow(self._sql.get, *args))
         return None if row is None else self._decode(row)
 
     async def list_runs(
@@ -146,32 +168,54 @@ class PostgresStorage:
             f"SELECT * FROM (SELECT {self._sql.columns}, seq FROM {self._sql.runs}{where} "
             f"ORDER BY seq DESC LIMIT ${len(args) + 1}) AS newest ORDER BY seq"
         )
-        pool = await self._pool()
-        with self._translate("list runs in"):
-            rows = await pool.fetch(sql, *args, limit)
+        rows = await self._call("list runs in", lambda pool: pool.fetch(sql, *args, limit))
         return [self._decode(row) for row in rows]
 
     async def heartbeat(self, owner: str) -> None:
-        pool = await self._pool()
-        with self._translate(f"write the heartbeat of {owner} to"):
-            await pool.execute(self._sql.heartbeat, owner)
+        await self._call(
+            f"write the heartbeat of {owner} to", lambda pool: pool.execute(self._sql.heartbeat, owner)
+        )
 
     async def reap(self, stale_after: float) -> list[str]:
-        pool = await self._pool()
-        with self._translate("reconcile orphaned runs in"):
-            rows = await pool.fetch(self._sql.reap, CRASHED_ERROR, CRASHED_TYPE, float(stale_after))
+        args = (CRASHED_ERROR, CRASHED_TYPE, float(stale_after), owner_id())
+        rows = await self._call("reconcile orphaned runs in", lambda pool: pool.fetch(self._sql.reap, *args))
         return [row["run_id"] for row in rows]
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    async def _pool(self) -> Any:
+    async def _call(self, what: str, work: Callable[[Any], Awaitable[T]], run_id: str | None = None) -> T:
+        """``work(pool)`` in a task of its own: see the class docstring for what that guarantees."""
+        slot = await self._pool()
+        previous = slot.writes.get(run_id) if run_id is not None else None
+        task = asyncio.get_running_loop().create_task(self._attempt(slot.pool, previous, what, work))
+        slot.track(task, run_id)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.cancel()  # asyncpg cancels the statement on the server, in the task, after we return
+            raise
+
+    async def _attempt(
+        self, pool: Any, previous: asyncio.Task[Any] | None, what: str, work: Callable[[Any], Awaitable[T]]
+    ) -> T:
+        if previous is not None:
+            await asyncio.wait([previous])  # the run's previous write has ended on the server
+        with self._translate(what):
+            try:
+                return await work(pool)
+            except _CONNECTION_LOST as exc:
+                logger.warning("%r: connection lost (%s); trying once more on a new one", self, exc)
+                await pool.expire_connections()  # after a server restart every pooled connection is dead
+                return await work(pool)
+
+    async def _pool(self) -> _LoopPool:
         """This loop's pool: connected, and the schema checked, on first use in the loop."""
         slot = await self._pools.get()
         if slot.pool is None:
             async with slot.lock:  # many tasks may arrive first at once; one of them connects
                 if slot.pool is None:
                     slot.pool = await self._connect()
-        return slot.pool
+        return slot
 
     async def _connect(self) -> Any:
         try:
@@ -184,7 +228,8 @@ class PostgresStorage:
                     timeout=self.connect_timeout,
                     command_timeout=self.command_timeout,
                     init=_init_connection,
-                    server_settings={"application_name": "tether"},
+                    # Names the store in pg_stat_activity (PostgreSQL keeps the first 63 bytes).
+                    server_settings={"application_name": f"tether {self.schema}"},
                 )
         except _CONNECT_ERRORS as exc:
             raise self._error(f"could not connect to PostgreSQL at {self._where}", exc) from exc
@@ -205,7 +250,7 @@ class PostgresStorage:
         sql = self._sql
         async with conn.transaction():
             # Concurrent first opens from several processes queue here; the lock ends with the transaction.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(self.schema))
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(self.schema))
             if not await conn.fetchval(
                 "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", self.schema
             ):
@@ -226,7 +271,7 @@ class PostgresStorage:
 
     def _decode(self, row: Any) -> RunOutput:
         try:
-            return from_row(row)
+            return from_row(plain_row(row))
         except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
             raise StorageError(
                 f"run {row['run_id']} in PostgreSQL at {self._where} is corrupt: {exc}"
@@ -241,7 +286,13 @@ class PostgresStorage:
             raise self._error(f"could not {what} PostgreSQL at {self._where}", exc) from exc
 
     def _error(self, message: str, exc: BaseException) -> StorageError:
-        text = f"{message}: {str(exc) or type(exc).__name__}"
+        detail = str(exc) or type(exc).__name__
+        if isinstance(exc, TimeoutError) and not str(exc):
+            detail = (
+                f"no answer in time (connect_timeout {self.connect_timeout} s, "
+                f"command_timeout {self.command_timeout} s)"
+            )
+        text = f"{message}: {detail}"
         for secret in self._secrets:  # the driver may echo parts of the DSN back
             text = text.replace(secret, "***")
         return StorageError(text)
@@ -253,95 +304,44 @@ class _LoopPool:
     def __init__(self) -> None:
         self.pool: Any = None
         self.lock = asyncio.Lock()
+        self.tasks: set[asyncio.Task[Any]] = set()  # operations in flight, awaited or abandoned
+        self.writes: dict[str, asyncio.Task[Any]] = {}  # the last write of each run, until it ends
+
+    def track(self, task: asyncio.Task[Any], run_id: str | None) -> None:
+        self.tasks.add(task)
+        if run_id is not None:
+            self.writes[run_id] = task
+
+        def ended(task: asyncio.Task[Any]) -> None:
+            self.tasks.discard(task)
+            if run_id is not None and self.writes.get(run_id) is task:
+                del self.writes[run_id]
+            if not task.cancelled():
+                task.exception()  # retrieved: an abandoned operation's error has nobody to go to
+
+        task.add_done_callback(ended)
 
     async def close(self) -> None:
-        """Close and forget the pool, if any: the next use makes a new one."""
+        """Close and forget the pool, if any, within CLOSE_TIMEOUT: the next use makes a new one."""
         pool, self.pool = self.pool, None
         if pool is None:
             return
         try:
-            await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                if self.tasks:  # operations in flight end first (each is bounded by command_timeout)
+                    await asyncio.wait(set(self.tasks))
+                await pool.close()
         except _DRIVER_ERRORS:
             # Timed out, or a connection was already broken: no reason to fail the caller's cleanup.
             pool.terminate()
-
-
-class _Queries:
-    """The SQL of one schema, built once: every table name schema-qualified and quoted."""
-
-    def __init__(self, schema: str) -> None:
-        s = self.schema = f'"{schema}"'
-        runs, owners = self.runs, self.owners = f"{s}.tether_runs", f"{s}.tether_owners"
-        self.version = f"{s}.tether_schema"
-        self.columns = ", ".join(COLUMNS)
-        owner = f"${len(COLUMNS) + 1}"
-        # to_row() serialised the JSON columns already: the server parses that text (a jsonb
-        # parameter would go through the connection's codec and be encoded a second time).
-        values = ", ".join(
-            f"${i}::text::jsonb" if c in _JSON_COLUMNS else f"${i}" for i, c in enumerate(COLUMNS, 1)
-        )
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in (*COLUMNS[1:], "owner", "updated_at"))
-        self.upsert = (
-            f"INSERT INTO {runs} ({self.columns}, owner, updated_at) VALUES ({values}, {owner}, {_NOW}) "
-            f"ON CONFLICT (run_id) DO UPDATE SET {updates}"
-        )
-        beat = (
-            f"INSERT INTO {owners} (owner, heartbeat_at) VALUES ({{owner}}, {_NOW}) "
-            "ON CONFLICT (owner) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at"
-        )
-        self.heartbeat = beat.format(owner="$1")
-        # One statement, hence one transaction: the run row and its owner's heartbeat land together.
-        self.start = f"WITH beat AS ({beat.format(owner=owner)}) {self.upsert}"
-        # $1 error, $2 error type, $3 stale_after; an owner without a heartbeat row is stale too.
-        crash = f"status = 'ERROR', error = $1, error_type = $2, owner = NULL, updated_at = {_NOW}"
-        stale = (
-            f"r.status = 'RUNNING' AND NOT EXISTS (SELECT 1 FROM {owners} o "
-            f"WHERE o.owner = r.owner AND o.heartbeat_at >= {_NOW} - $3)"
-        )
-        self.reap = (
-            f"WITH reaped AS (UPDATE {runs} r SET {crash} WHERE {stale} RETURNING run_id, seq) "
-            "SELECT run_id FROM reaped ORDER BY seq"
-        )
-        # Reap this run if its owner is dead, then read it: the reaped row, or else the stored one
-        # (the outer SELECT sees the table as it was before the UPDATE).
-        self.get = (
-            f"WITH reaped AS (UPDATE {runs} r SET {crash} WHERE r.run_id = $4 AND {stale} "
-            f"RETURNING {self.columns}) SELECT {self.columns} FROM reaped UNION ALL "
-            f"SELECT {self.columns} FROM {runs} WHERE run_id = $4 AND NOT EXISTS (SELECT 1 FROM reaped)"
-        )
-        self.migrations: dict[int, list[str]] = {
-            1: [
-                f"""CREATE TABLE IF NOT EXISTS {runs} (
-                    run_id TEXT PRIMARY KEY, seq BIGSERIAL NOT NULL, agent_id TEXT NOT NULL,
-                    agent_name TEXT, session_id TEXT, parent_run_id TEXT, model TEXT, status TEXT NOT NULL,
-                    content TEXT NOT NULL DEFAULT '', messages JSONB NOT NULL, cancel_reason TEXT,
-                    cancel_source TEXT, error TEXT, error_type TEXT, metrics JSONB NOT NULL,
-                    created_at BIGINT NOT NULL, owner TEXT, updated_at DOUBLE PRECISION NOT NULL)""",
-                f"CREATE INDEX IF NOT EXISTS tether_runs_session ON {runs} (session_id, seq)",
-                f"CREATE INDEX IF NOT EXISTS tether_runs_agent ON {runs} (agent_id, seq)",
-                f"CREATE INDEX IF NOT EXISTS tether_runs_status ON {runs} (status)",
-                f"""CREATE TABLE IF NOT EXISTS {owners} (
-                    owner TEXT PRIMARY KEY, heartbeat_at DOUBLE PRECISION NOT NULL)""",
-            ],
-            2: [f"ALTER TABLE {runs} ADD COLUMN IF NOT EXISTS user_id TEXT"],
-        }
+        except BaseException:  # our caller was cancelled: leave nothing open behind
+            pool.terminate()
+            raise
 
 
 async def _init_connection(conn: Any) -> None:
     # JSONB reads come back as Python objects, which from_row() accepts as they are.
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
-def _values(output: RunOutput) -> list[Any]:
-    row = to_row(output)
-    return [row[column] for column in COLUMNS]
-
-
-def _lock_key(schema: str) -> int:
-    """A stable advisory-lock key for migrating ``schema`` (a signed 64-bit integer)."""
-    return int.from_bytes(
-        hashlib.blake2b(f"tether:{schema}".encode(), digest_size=8).digest(), "big", signed=True
-    )
 
 
 def _describe(dsn: str) -> str:

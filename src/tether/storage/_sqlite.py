@@ -1,10 +1,11 @@
-"""SqliteStorage: the embedded default run store (stdlib ``sqlite3`` off the event loop, WAL mode)."""
+"""SqliteStorage: the embedded default run store (stdlib ``sqlite3`` in one worker thread, WAL mode)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +16,17 @@ import anyio
 from .._run._events import RunStatus
 from .._run._output import RunOutput
 from ..exceptions import ConfigurationError, StorageError
-from ._base import COLUMNS, CRASHED_ERROR, CRASHED_TYPE, SCHEMA_VERSION, from_row, to_row
+from ._base import COLUMNS, CRASHED_ERROR, CRASHED_TYPE, SCHEMA_VERSION, from_row, owner_id, to_row
+from ._worker import Job, SerialWorker
 
 T = TypeVar("T")
+logger = logging.getLogger("tether.storage")
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds ``aclose()`` waits for the worker to reach the close before returning (it closes anyway)."""
+_SLICE = 0.05
+"""Seconds SQLite itself waits for a lock per attempt; between attempts the worker checks whether
+its caller is still waiting, until ``busy_timeout`` is spent."""
 
 _HEADER = b"SQLite format 3\x00"
 _MIGRATIONS: dict[int, list[str]] = {}
@@ -40,8 +49,8 @@ _UPSERT = (
     + ", ".join(f"{c} = excluded.{c}" for c in (*COLUMNS[1:], "owner", "updated_at"))
 )
 _REAP = """UPDATE tether_runs SET status = 'ERROR', error = ?, error_type = ?, owner = NULL, updated_at = ?
-    WHERE status = 'RUNNING' AND (owner IS NULL OR owner NOT IN
-        (SELECT owner FROM tether_owners WHERE heartbeat_at >= ?))
+    WHERE status = 'RUNNING' AND (owner IS NULL OR (owner != ? AND owner NOT IN
+        (SELECT owner FROM tether_owners WHERE heartbeat_at >= ?)))
     RETURNING run_id"""
 
 
@@ -52,7 +61,14 @@ class SqliteStorage:
     or a read-only file or folder, is a :class:`~tether.exceptions.StorageError` right there.
     Each process with live runs writes one heartbeat every ``heartbeat_interval`` seconds;
     ``stale_after`` is how old (seconds) an owner's heartbeat may be before its RUNNING runs are
-    considered orphaned by a dead process and marked ERROR.
+    considered orphaned by a dead process and marked ERROR. An operation waits at most
+    ``busy_timeout`` seconds for another connection's write lock, then raises StorageError.
+
+    Every operation runs in one worker thread per store, in the order it was called, and never
+    blocks the event loop. Cancelling the caller returns at once: an operation that had not started
+    never runs; one that had started finishes or is rolled back in the thread, before any operation
+    called after it, and its result is dropped. If the file is deleted or replaced while open, the
+    next operation reopens the path.
 
     Example::
 
@@ -71,8 +87,9 @@ class SqliteStorage:
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
         self.busy_timeout = busy_timeout
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None  # used only in the worker thread
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file it opened
+        self._worker = SerialWorker(f"tether-sqlite {self.path}", self._interrupt)
         _check_file(self.path)
 
     def __repr__(self) -> str:
@@ -82,25 +99,30 @@ class SqliteStorage:
         await self._run(lambda conn: None)
 
     async def aclose(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        """Close the file in the worker thread, after the operations already queued.
+
+        Waits at most ``CLOSE_TIMEOUT`` seconds (5) and never blocks the event loop; the close
+        happens anyway. The store may be used again: the next operation reopens the file.
+        """
+        with anyio.move_on_after(CLOSE_TIMEOUT):
+            await self._worker.run(lambda job: self._close(), abandonable=False)
 
     async def start_run(self, output: RunOutput, owner: str) -> None:
         def write(conn: sqlite3.Connection) -> None:
             now = time.time()
+            row = {**to_row(output), "owner": owner, "updated_at": now}
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.execute(_UPSERT, {**to_row(output), "owner": owner, "updated_at": now})
+                conn.execute(_UPSERT, row)
                 _beat(conn, owner, now)
 
         await self._run(write, f"could not write run {output.run_id}")
 
     async def finish_run(self, output: RunOutput) -> None:
         def write(conn: sqlite3.Connection) -> None:
+            row = {**to_row(output), "owner": None, "updated_at": time.time()}
             with conn:
-                conn.execute(_UPSERT, {**to_row(output), "owner": None, "updated_at": time.time()})
+                conn.execute(_UPSERT, row)
 
         await self._run(write, f"could not write run {output.run_id}")
 
@@ -110,7 +132,7 @@ class SqliteStorage:
             if row is not None and row["status"] == RunStatus.running.value:
                 _reap(conn, self.stale_after)
                 row = conn.execute("SELECT * FROM tether_runs WHERE run_id = ?", (run_id,)).fetchone()
-            return None if row is None else from_row(row)
+            return None if row is None else self._decode(row)
 
         return await self._run(read, f"could not read run {run_id}")
 
@@ -131,7 +153,7 @@ class SqliteStorage:
             sql += f" LIMIT {int(limit)}"
 
         def read(conn: sqlite3.Connection) -> list[RunOutput]:
-            return [from_row(row) for row in reversed(conn.execute(sql, filters).fetchall())]
+            return [self._decode(row) for row in reversed(conn.execute(sql, filters).fetchall())]
 
         return await self._run(read, "could not list runs")
 
@@ -145,33 +167,95 @@ class SqliteStorage:
     async def reap(self, stale_after: float) -> list[str]:
         return await self._run(lambda conn: _reap(conn, stale_after), "could not reconcile orphaned runs")
 
-    # -- plumbing ------------------------------------------------------------------------------
+    # -- plumbing: everything below runs in the worker thread, except _interrupt ----------------
 
     async def _run(self, op: Callable[[sqlite3.Connection], T], what: str = "could not open") -> T:
-        return await anyio.to_thread.run_sync(self._locked, op, what)
+        return await self._worker.run(lambda job: self._attempt(job, op, what))
 
-    def _locked(self, op: Callable[[sqlite3.Connection], T], what: str) -> T:
-        with self._lock:
+    def _attempt(self, job: Job[T], op: Callable[[sqlite3.Connection], T], what: str) -> T:
+        """``op`` in its own transaction, tried again while the file is locked by another connection,
+        until ``busy_timeout`` is spent or the caller stops waiting."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
             try:
-                return op(self._conn or self._connect())
+                return op(self._connection())
             except sqlite3.Error as exc:
-                raise StorageError(f"{what} in SQLite file {self.path}: {exc}") from exc
+                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+                if code in _BUSY and not job.abandoned and time.monotonic() < deadline:
+                    time.sleep(0.005)  # some BUSY answers come at once, without SQLite's own wait
+                    continue
+                if code in _REOPEN:
+                    self._close()  # the next operation reopens the path and checks the file again
+                raise StorageError(f"{what} in SQLite file {self.path}: {self._explain(exc, code)}") from exc
+
+    def _explain(self, exc: sqlite3.Error, code: int) -> str:
+        if code in _BUSY:
+            return f"{exc}: another connection held it for more than busy_timeout ({self.busy_timeout} s)"
+        hint = _HINTS.get(code)
+        return f"{exc} ({hint})" if hint else str(exc)
+
+    def _decode(self, row: sqlite3.Row) -> RunOutput:
+        try:
+            return from_row(row)
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            raise StorageError(f"run {row['run_id']} in SQLite file {self.path} is corrupt: {exc}") from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection, reopened first if the file was deleted or replaced under it."""
+        if self._conn is not None:
+            try:
+                stat = os.stat(self.path)
+                moved = (stat.st_dev, stat.st_ino) != self._identity
+            except OSError:
+                moved = True
+            if not moved:
+                return self._conn
+            logger.warning("SQLite file %s was deleted or replaced while open: reopening it", self.path)
+            self._close()
+        return self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         _check_file(self.path)
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, check_same_thread=False, isolation_level=None
-        )
+        slice_ = min(_SLICE, self.busy_timeout)
+        conn = sqlite3.connect(self.path, timeout=slice_, check_same_thread=False, isolation_level=None)
         try:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             _migrate(conn, self.path)
+            stat = os.stat(self.path)
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
+        self._conn, self._identity = conn, (stat.st_dev, stat.st_ino)
         return conn
+
+    def _close(self) -> None:
+        conn, self._conn, self._identity = self._conn, None, None
+        if conn is not None:
+            conn.close()
+
+    def _interrupt(self) -> None:
+        """Called from the caller's loop when the running operation is abandoned: stop its statement."""
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):  # closed meanwhile
+                conn.interrupt()
+
+
+_BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_REOPEN = frozenset(
+    {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+    | {sqlite3.SQLITE_CANTOPEN}
+)
+_HINTS = {
+    sqlite3.SQLITE_READONLY: "the file, its folder or its -wal/-shm files became read-only, or it moved",
+    sqlite3.SQLITE_IOERR: "the disk or file system failed",
+    sqlite3.SQLITE_FULL: "the disk is full or a file size limit was reached",
+    sqlite3.SQLITE_CORRUPT: "the file is corrupt",
+    sqlite3.SQLITE_NOTADB: "the file is not a SQLite database",
+    sqlite3.SQLITE_CANTOPEN: "the file could not be opened",
+}
 
 
 def _check_file(path: Path) -> None:
@@ -225,6 +309,6 @@ def _reap(conn: sqlite3.Connection, stale_after: float) -> list[str]:
     now = time.time()
     with conn:
         rows: list[Any] = conn.execute(
-            _REAP, (CRASHED_ERROR, CRASHED_TYPE, now, now - stale_after)
+            _REAP, (CRASHED_ERROR, CRASHED_TYPE, now, owner_id(), now - stale_after)
         ).fetchall()
     return [row[0] for row in rows]
