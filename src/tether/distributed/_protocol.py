@@ -15,6 +15,7 @@ class RemoteOutcome(Enum):
     cancelled = "cancelled"  # the run was active in its owner and is now stopping
     ended = "ended"  # its owner had it, but it had already ended
     not_found = "not_found"  # no live run has that id (or it belongs to another agent)
+    owner_dead = "owner_dead"  # its owner is gone (killed): the run ended with it; its entries are removed
 
 
 class Remote(Protocol):
@@ -42,6 +43,7 @@ class Remote(Protocol):
     ) -> RemoteOutcome:
         """Cancel a run this process does not own (it ends with ``source="remote"``).
 
-        Raises :class:`~tether.exceptions.RemoteCancelError` when the cancel cannot be delivered.
+        Raises :class:`~tether.exceptions.RemoteCancelError` when the cancel cannot be delivered (the
+        answer is then unknown); otherwise the answer is exact.
         """
         ...

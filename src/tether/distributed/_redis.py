@@ -1,20 +1,23 @@
 """RedisCancellation: stop a run from any process, by push, with an acknowledgement.
 
-Keys, under ``prefix``:
+Keys, under ``prefix`` (their names and message shapes are in ``_wire``):
 
 - ``runs`` (hash): run id -> ``{"owner", "agent"}``; written when a run registers (and awaited before
   its first event), removed when it ends, and rewritten for every live run by the heartbeat (so a Redis
   restart loses nothing for long);
-- ``owner:<owner>``: the owner's liveness, refreshed by one heartbeat pipeline every few seconds;
+- ``owner:<owner>``: the owner's liveness, refreshed by one heartbeat pipeline every few seconds; when it
+  has expired, every live worker's heartbeat removes that owner's ``runs`` entries (a page per beat);
 - ``cancel:<owner>`` (pub/sub): cancel requests for that owner's runs;
-- ``ack:<request>`` (pub/sub): the owner's answer to one request;
+- ``ack:<request>`` (pub/sub): the owner's answer to one request (from its listener or its heartbeat);
 - ``marker:<run>``: a durable copy of a cancel request, written before publishing; the owner's heartbeat
   applies it, so a lost message still stops the run within one heartbeat.
 
 Nothing is sent per streamed chunk: one command when a run registers (awaited before its first event,
 so any worker can find the run once a client has seen it), one when it ends, one pipeline per heartbeat.
 All Redis I/O runs on tether's background event loop (the sync bridge's), so runs on any loop, in any
-thread, can use it.
+thread, can use it; registering a run only hands a command to that loop, it never waits for it.
+Garbage read from Redis is logged and skipped; an outage or an error in a background task is logged and
+the task goes on.
 """
 
 from __future__ import annotations
@@ -23,15 +26,16 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
-import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, cast
 
 import anyio
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
@@ -40,11 +44,17 @@ from .._run._registry import RunRegistry, registry
 from .._sync import bridge
 from ..exceptions import RemoteCancelError
 from ..storage._base import owner_id
+from ._exchange import exchange
+from ._owners import forget_owner, sweep
 from ._protocol import RemoteOutcome
+from ._wire import Ack, Beat, Entry, Keys, Request, parse
 
 logger = logging.getLogger("tether.distributed")
 
-MARKER_TTL = 60
+Command = Callable[[aioredis.Redis], Awaitable[Any]]
+
+ANSWERS_KEPT = 1024
+"""Recent answers an owner remembers by request id, so a request delivered twice is answered alike."""
 
 
 class RedisCancellation:
@@ -54,6 +64,10 @@ class RedisCancellation:
 
         RedisCancellation("redis://127.0.0.1:6379/0", prefix="myapp:").attach()
         agent.cancel_run(run_id)   # works for a run owned by another process too
+
+    Times are in seconds. A remote cancel is answered once the owner acknowledges it (within
+    ``ack_timeout`` when it is live and reachable by pub/sub, else at its next heartbeat); an owner that
+    does not answer by then is dead, and what it left in Redis is removed.
     """
 
     def __init__(
@@ -72,14 +86,18 @@ class RedisCancellation:
         self.owner_ttl = owner_ttl
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
+        self._keys = Keys(prefix)
         self._owner = owner_id()
         self._live: dict[str, str] = {}  # run id -> agent id, of runs living in this process
         self._writes: dict[str, concurrent.futures.Future[None]] = {}  # entries of runs not yet started
+        self._answered: dict[str, RemoteOutcome] = {}  # request id -> answer, the latest ANSWERS_KEPT
         self._client: aioredis.Redis | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the background loop, all Redis I/O runs there
         self._tasks: list[asyncio.Task[None]] = []
-        self._sending: set[asyncio.Task[Any]] = set()  # commands sent by _soon, in flight
+        self._sending: set[asyncio.Task[None]] = set()  # commands sent by _soon, in flight
         self._registry: RunRegistry | None = None
         self._down_since: float | None = None
+        self._sweep_cursor = 0
         self._stopping = False
 
     def __repr__(self) -> str:
@@ -92,6 +110,7 @@ class RedisCancellation:
 
         Never waits for Redis: if it is down, runs and local cancels work and it is retried.
         At interpreter exit this process's entries are removed (a crash leaves them to expire).
+        Raises :class:`~tether.exceptions.RemoteCancelError` if another canceller is attached to ``to``.
         """
         self._claim(to)
         bridge.call(self._start)
@@ -133,11 +152,15 @@ class RedisCancellation:
             self.url,
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=max(self.ack_timeout, 1.0),
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 0),  # a cancel is retried as a whole (see _deliver), beats next time
         )
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._stopping = False
-        self._tasks = [loop.create_task(self._listen()), loop.create_task(self._heartbeat())]
+        pause = min(self.heartbeat_interval, 1.0)
+        self._tasks = [
+            loop.create_task(self._forever("listener", self._listen, pause)),
+            loop.create_task(self._forever("heartbeat", self._beat, self.heartbeat_interval)),
+        ]
 
     def _at_exit(self) -> None:
         if self._client is not None:
@@ -157,23 +180,15 @@ class RedisCancellation:
         self._tasks = []
         if client is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self._forget_mine(client)
+                await forget_owner(client, self._keys, self._owner)
             await client.aclose()
-
-    async def _forget_mine(self, client: aioredis.Redis) -> None:
-        """Remove this owner and every run entry it wrote (also of runs whose removal is in flight)."""
-        await client.delete(self._key("owner", self._owner))
-        entries = await client.hgetall(self._key("runs"))
-        mine = [rid for rid, raw in entries.items() if json.loads(raw).get("owner") == self._owner]
-        if mine:
-            await client.hdel(self._key("runs"), *mine)
 
     # -- hooks from the registry (any thread, never blocking) ------------------------------------
 
     def run_registered(self, handle: RunHandle) -> None:
         self._live[handle.run_id] = handle.agent_id
-        entry = json.dumps({"owner": self._owner, "agent": handle.agent_id})
-        written = self._soon(lambda client: client.hset(self._key("runs"), handle.run_id, entry))
+        entry = Entry(owner=self._owner, agent=handle.agent_id).dumps()
+        written = self._soon(lambda client: client.hset(self._keys.runs, handle.run_id, entry))
         if written is not None:
             self._writes[handle.run_id] = written
 
@@ -193,144 +208,157 @@ class RedisCancellation:
     def run_unregistered(self, handle: RunHandle) -> None:
         self._live.pop(handle.run_id, None)
         self._writes.pop(handle.run_id, None)  # a run that never started
-        self._soon(lambda client: client.hdel(self._key("runs"), handle.run_id))
+        self._soon(lambda client: client.hdel(self._keys.runs, handle.run_id))
 
-    def _soon(self, command: Any) -> concurrent.futures.Future[None] | None:
-        """Send ``command`` from the bridge's loop; its future, or None when the bridge is stopping."""
+    def _soon(self, command: Command) -> concurrent.futures.Future[None] | None:
+        """Hand ``command`` to the background loop without waiting (from any thread, that loop's too).
 
-        async def send() -> None:
-            client = self._client
-            task = asyncio.current_task()
-            if client is None or task is None:
-                return
-            self._sending.add(task)
-            try:
-                await command(client)
-            except RedisError as exc:
-                self._note_down(exc)  # the heartbeat re-registers live runs when Redis is back
-            finally:
-                self._sending.discard(task)
-
-        try:
-            return bridge.portal().start_task_soon(send)
-        except RuntimeError:  # the bridge is shutting down
+        Its future is done once the command is (whatever the outcome); None when the loop is gone.
+        """
+        loop = self._loop
+        if loop is None or self._client is None:
             return None
+        sent: concurrent.futures.Future[None] = concurrent.futures.Future()
+        try:
+            loop.call_soon_threadsafe(self._spawn, command, sent)
+        except RuntimeError:  # the background loop is closed
+            return None
+        return sent
+
+    def _spawn(self, command: Command, sent: concurrent.futures.Future[None]) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(command, sent))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, command: Command, sent: concurrent.futures.Future[None]) -> None:
+        try:
+            if (client := self._client) is not None:
+                with _survive("a run's entry"):
+                    await command(client)
+        except (RedisError, OSError) as exc:
+            self._note_down(exc)  # the heartbeat re-registers live runs when Redis is back
+        finally:
+            sent.set_result(None)
 
     # -- cancelling a run that lives elsewhere ---------------------------------------------------
 
     async def cancel(
         self, run_id: str, *, agent_id: str | None, reason: str | None, mode: CancelMode, grace: float | None
     ) -> RemoteOutcome:
-        """Deliver a cancel to the run's owner and wait (bounded) for its answer."""
-        request = {"run_id": run_id, "agent_id": agent_id, "reason": reason, "mode": mode, "grace": grace}
-        future = asyncio.run_coroutine_threadsafe(self._deliver(request), bridge.loop())
-        return await asyncio.wrap_future(future)
+        """Deliver a cancel to the run's owner and wait (bounded) for its exact answer.
 
-    async def _deliver(self, request: dict[str, Any]) -> RemoteOutcome:
-        client = self._client
-        if client is None:
+        Raises :class:`~tether.exceptions.RemoteCancelError` when Redis cannot be reached (twice).
+        """
+        loop = self._loop
+        if loop is None or self._client is None:
             raise RemoteCancelError("remote cancellation is not running")
+        request = Request(
+            id=uuid.uuid4().hex, run_id=run_id, agent_id=agent_id, reason=reason, mode=mode, grace=grace
+        )
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._deliver(request), loop))
+
+    async def _deliver(self, request: Request) -> RemoteOutcome:
         try:
-            return await self._exchange(client, request)
+            for attempt in range(2):
+                client = self._client
+                if client is None:
+                    raise RemoteCancelError("remote cancellation is not running")
+                try:
+                    return await exchange(
+                        client,
+                        self._keys,
+                        request,
+                        ack_timeout=self.ack_timeout,
+                        default_interval=self.heartbeat_interval,
+                    )
+                except RedisConnectionError:  # a pooled connection Redis dropped (it restarted): once more
+                    if attempt:
+                        raise
+            raise AssertionError("unreachable")
         except (RedisError, OSError) as exc:
             self._note_down(exc)
-            run_id = request["run_id"]
-            raise RemoteCancelError(f"could not reach Redis to cancel run {run_id}: {exc}") from exc
-
-    async def _exchange(self, client: aioredis.Redis, request: dict[str, Any]) -> RemoteOutcome:
-        run_id = request["run_id"]
-        raw = await client.hget(self._key("runs"), run_id)
-        if raw is None:
-            return RemoteOutcome.not_found
-        entry = json.loads(raw)
-        if request["agent_id"] is not None and entry["agent"] != request["agent_id"]:
-            return RemoteOutcome.not_found
-        if not await client.exists(self._key("owner", entry["owner"])):
-            return RemoteOutcome.not_found  # its owner died; the store's reaper marks the run ERROR
-        request["id"] = uuid.uuid4().hex
-        payload = json.dumps(request)
-        await client.set(self._key("marker", run_id), payload, ex=MARKER_TTL)
-        async with client.pubsub() as pubsub:
-            await pubsub.subscribe(self._key("ack", request["id"]))
-            for _attempt in range(2):  # one retry: a message lost in transit is sent again
-                await client.publish(self._key("cancel", entry["owner"]), payload)
-                answer = await _next_message(pubsub, self.ack_timeout / 2)
-                if answer is not None:
-                    return RemoteOutcome(json.loads(answer)["result"])
-        if await self._owner_is_fresh(client, entry["owner"]):
-            return RemoteOutcome.cancelled  # no answer yet, but its next heartbeat applies the marker
-        await client.delete(self._key("marker", run_id))
-        return RemoteOutcome.not_found
-
-    async def _owner_is_fresh(self, client: aioredis.Redis, owner: str) -> bool:
-        """Did ``owner`` heartbeat within two of its intervals? Measured on Redis' own clock (its TTL)."""
-        key = self._key("owner", owner)
-        raw, left_ms = await client.get(key), await client.pttl(key)
-        if raw is None or left_ms < 0:
-            return False
-        beat = json.loads(raw)
-        age = float(beat["ttl"]) - left_ms / 1000
-        return age <= 2 * float(beat["interval"]) + 0.5
+            raise RemoteCancelError(f"could not reach Redis to cancel run {request.run_id}: {exc}") from exc
+        except (KeyboardInterrupt, SystemExit) as exc:  # must not end the background loop
+            raise RemoteCancelError(f"cancelling run {request.run_id} was interrupted: {exc!r}") from exc
 
     # -- the owner's side ----------------------------------------------------------------------
 
-    async def _listen(self) -> None:
-        channel = self._key("cancel", self._owner)
+    async def _forever(self, name: str, step: Callable[[], Awaitable[None]], pause: float) -> None:
+        """Run ``step`` until stopped; whatever it raises (an outage, garbage, a bug) is logged."""
         while not self._stopping:
-            client = self._client
             try:
-                assert client is not None
-                async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(channel)
-                    while not self._stopping:
-                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                        if message is not None:
-                            await self._answer(client, json.loads(message["data"]))
+                await step()
+            except asyncio.CancelledError:
+                raise
             except (RedisError, OSError) as exc:
                 self._note_down(exc)
-                await asyncio.sleep(min(self.heartbeat_interval, 1.0))
+            except BaseException:
+                logger.exception("tether's Redis %s failed; it goes on", name)
+            await asyncio.sleep(pause)
 
-    async def _answer(self, client: aioredis.Redis, request: dict[str, Any]) -> None:
-        result = self._apply(request)
-        await client.delete(self._key("marker", request["run_id"]))
-        await client.publish(self._key("ack", request["id"]), json.dumps({"result": result.value}))
+    async def _listen(self) -> None:
+        """One subscription to this owner's cancel channel, answering requests until stopped."""
+        if (client := self._client) is None:
+            return
+        channel = self._keys.cancel(self._owner)
+        async with client.pubsub() as pubsub:
+            await pubsub.subscribe(channel)
+            while not self._stopping:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None and (request := parse(Request, message["data"], channel)):
+                    await self._answer(client, request)
 
-    def _apply(self, request: dict[str, Any]) -> RemoteOutcome:
-        handle = self._registry.get(request["run_id"]) if self._registry is not None else None
-        if handle is None or (request.get("agent_id") not in (None, handle.agent_id)):
+    async def _beat(self) -> None:
+        """One heartbeat: refresh this owner and its runs' entries, apply markers, sweep a page."""
+        if (client := self._client) is None:
+            return
+        live = dict(self._live)
+        pipe = client.pipeline(transaction=False)
+        beat = Beat(interval=self.heartbeat_interval, ttl=self.owner_ttl).dumps()
+        pipe.set(self._keys.owner(self._owner), beat, px=int(self.owner_ttl * 1000))
+        if live:
+            entries = {rid: Entry(owner=self._owner, agent=agent).dumps() for rid, agent in live.items()}
+            pipe.hset(self._keys.runs, mapping=cast("dict[Any, Any]", entries))
+            pipe.mget([self._keys.marker(rid) for rid in live])
+        results = await pipe.execute()
+        self._note_up()
+        for run_id, raw in zip(live, results[2] if live else [], strict=False):
+            if raw is not None:  # a cancel whose message was lost (or not yet answered)
+                await self._apply_marker(client, run_id, raw)
+        self._sweep_cursor = await sweep(client, self._keys, self._sweep_cursor, self._owner)
+
+    async def _apply_marker(self, client: aioredis.Redis, run_id: str, raw: bytes) -> None:
+        key = self._keys.marker(run_id)
+        request = parse(Request, raw, key)
+        if request is None or request.run_id != run_id:
+            if request is not None:
+                logger.warning("skipped a marker at %s for another run (%s)", key, request.run_id)
+            await client.delete(key)  # it can never be applied
+            return
+        await self._answer(client, request)
+
+    async def _answer(self, client: aioredis.Redis, request: Request) -> None:
+        """Apply ``request`` (once per request id), clear its marker, and publish the answer."""
+        result = self._answered.get(request.id)
+        if result is None:
+            with _survive(f"applying cancel request {request.id}"):
+                result = self._apply(request)
+            if result is None:
+                return  # no answer: the canceller takes the owner for dead, and the run is not stopped
+            self._answered[request.id] = result
+            if len(self._answered) > ANSWERS_KEPT:
+                del self._answered[next(iter(self._answered))]
+        await client.delete(self._keys.marker(request.run_id))
+        await client.publish(self._keys.ack(request.id), Ack.of(result).dumps())
+
+    def _apply(self, request: Request) -> RemoteOutcome:
+        handle = self._registry.get(request.run_id) if self._registry is not None else None
+        if handle is None or request.agent_id not in (None, handle.agent_id):
             return RemoteOutcome.not_found
-        mode: CancelMode = "after_turn" if request.get("mode") == "after_turn" else "immediate"
-        accepted = handle.request_cancel(
-            request.get("reason"), "remote", mode=mode, grace=request.get("grace")
-        )
+        accepted = handle.request_cancel(request.reason, "remote", mode=request.mode, grace=request.grace)
         return RemoteOutcome.cancelled if accepted else RemoteOutcome.ended
 
-    async def _heartbeat(self) -> None:
-        while not self._stopping:
-            client = self._client
-            live = dict(self._live)
-            try:
-                assert client is not None
-                pipe = client.pipeline(transaction=False)
-                beat = json.dumps({"interval": self.heartbeat_interval, "ttl": self.owner_ttl})
-                pipe.set(self._key("owner", self._owner), beat, px=int(self.owner_ttl * 1000))
-                if live:
-                    entries = {rid: json.dumps({"owner": self._owner, "agent": a}) for rid, a in live.items()}
-                    pipe.hset(self._key("runs"), mapping=cast("dict[Any, Any]", entries))
-                    pipe.mget([self._key("marker", rid) for rid in live])
-                results = await pipe.execute()
-                self._note_up()
-                for marker in results[2] if live else []:
-                    if marker is not None:
-                        await self._answer(client, json.loads(marker))  # a cancel whose message was lost
-            except (RedisError, OSError) as exc:
-                self._note_down(exc)
-            await asyncio.sleep(self.heartbeat_interval)
-
     # -- plumbing ------------------------------------------------------------------------------
-
-    def _key(self, *parts: str) -> str:
-        return self.prefix + ":".join(parts)
 
     def _note_down(self, exc: BaseException) -> None:
         if self._down_since is None:
@@ -343,10 +371,12 @@ class RedisCancellation:
             self._down_since = None
 
 
-async def _next_message(pubsub: Any, within: float) -> Any:
-    deadline = time.monotonic() + within
-    while (left := deadline - time.monotonic()) > 0:
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
-        if message is not None:
-            return message["data"]
-    return None
+@contextlib.contextmanager
+def _survive(what: str) -> Iterator[None]:
+    """Log and swallow what ``what`` raised, but Redis errors and cancellation (their callers handle them)."""
+    try:
+        yield
+    except (RedisError, OSError, asyncio.CancelledError):
+        raise
+    except BaseException:
+        logger.exception("tether's Redis canceller: %s failed; skipped", what)
