@@ -22,7 +22,7 @@ import pytest
 import redis
 
 import tether
-from tether import Agent, RunEvent, RunStatus
+from tether import Agent, RemoteCancelError, RunEvent, RunStatus
 from tether._run._registry import RunRegistry
 from tether._sync import bridge
 from tether.distributed import RedisCancellation, RemoteOutcome
@@ -156,19 +156,21 @@ async def test_garbage_sent_to_a_canceller_is_skipped_and_the_answer_is_exact(
     requests: list[dict[str, Any]] = []
 
     def scripted_owner() -> None:
-        message = _next_message(listener)
-        requests.append(json.loads(message["data"]))
-        ack = f"{prefix}ack:{requests[0]['id']}"
-        for junk in [b"junk", b'{"result": "maybe"}', b'{"result": 1}', b"{}"]:
-            writer.publish(ack, junk)
-        writer.publish(ack, b'{"result": "cancelled"}')
+        for answer in [b'{"result": "cancelled"}', b'{"result": "failed"}']:
+            requests.append(json.loads(_next_message(listener)["data"]))
+            ack = f"{prefix}ack:{requests[-1]['id']}"
+            for junk in [b"junk", b'{"result": "maybe"}', b'{"result": 1}', b"{}"]:
+                writer.publish(ack, junk)
+            writer.publish(ack, answer)
 
     try:
         owner = threading.Thread(target=scripted_owner)
         owner.start()
         outcome = await remote.cancel("remote-1", agent_id="a", reason="r", mode="immediate", grace=None)
-        await anyio.to_thread.run_sync(owner.join)
         assert outcome is RemoteOutcome.cancelled
+        with pytest.raises(RemoteCancelError, match="the owner of run remote-1 failed to apply the cancel"):
+            await remote.cancel("remote-1", agent_id=None, reason=None, mode="immediate", grace=None)
+        await anyio.to_thread.run_sync(owner.join)
         assert requests[0] == {
             "id": requests[0]["id"],
             "run_id": "remote-1",
@@ -319,14 +321,17 @@ async def test_a_keyboard_interrupt_in_the_listener_neither_ends_it_nor_the_back
     remote = await RedisCancellation(redis_url, prefix=prefix, heartbeat_interval=0.2).aattach(to=Exploding())
     writer = redis.Redis.from_url(redis_url)
     acks = writer.pubsub(ignore_subscribe_messages=True)
-    acks.subscribe(f"{prefix}ack:second")
+    acks.subscribe(f"{prefix}ack:first", f"{prefix}ack:second")
     try:
         channel = f"{prefix}cancel:{owner_id()}"
         await _until(lambda: writer.pubsub_numsub(channel)[0][1] == 1)
         writer.publish(channel, json.dumps({"id": "first", "run_id": "boom"}))
         writer.publish(channel, json.dumps({"id": "second", "run_id": "missing"}))
-        message = await anyio.to_thread.run_sync(_next_message, acks)
-        assert json.loads(message["data"]) == {"result": "not_found"}
+        answers = [await anyio.to_thread.run_sync(_next_message, acks) for _ in range(2)]
+        assert [(m["channel"].decode(), json.loads(m["data"])) for m in answers] == [
+            (f"{prefix}ack:first", {"result": "failed"}),
+            (f"{prefix}ack:second", {"result": "not_found"}),
+        ]
         assert await anyio.to_thread.run_sync(bridge.call, _answer) == 42
         failures = [r for r in caplog.records if r.levelname == "ERROR"]
         assert [r.getMessage() for r in failures] == [
@@ -350,3 +355,36 @@ def _next_message(pubsub: Any) -> Any:
 
 async def _answer() -> int:
     return 42
+
+
+async def test_a_frozen_redis_fails_remote_cancels_fast_and_nothing_is_lost_once_it_thaws(
+    throwaway: ThrowawayRedis, prefix: str
+) -> None:
+    remote = await RedisCancellation(
+        throwaway.url, prefix=prefix, heartbeat_interval=0.2, ack_timeout=0.5, connect_timeout=0.2
+    ).aattach()
+    try:
+        with owner_process(throwaway.url, prefix) as owner:
+            assert throwaway.process is not None
+            throwaway.process.send_signal(signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(RemoteCancelError, match="could not reach Redis to cancel run owned-1"):
+                    await remote.cancel("owned-1", agent_id=None, reason=None, mode="immediate", grace=None)
+                assert time.monotonic() - started < 3
+                started = time.monotonic()
+                out = await Agent(name="local", model=ScriptedModel(["still ", "works"])).arun("go")
+                assert (out.status, out.content) == (RunStatus.completed, "still works")
+                assert time.monotonic() - started < 1
+                await anyio.sleep(1.5)  # heartbeats and listeners on both sides time out meanwhile
+            finally:
+                throwaway.process.send_signal(signal.SIGCONT)
+            outcome = await remote.cancel(
+                "owned-1", agent_id=None, reason="thawed", mode="immediate", grace=None
+            )
+            assert outcome is RemoteOutcome.cancelled
+            assert owner.stdout is not None
+            last = json.loads((await anyio.to_thread.run_sync(owner.stdout.readlines))[-1])
+            assert (last["event"], last["source"], last["reason"]) == ("RunCancelled", "remote", "thawed")
+    finally:
+        await remote.adetach()

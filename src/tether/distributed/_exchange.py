@@ -18,6 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from ..exceptions import RemoteCancelError
 from ._owners import forget_owner, next_beat_within
 from ._protocol import RemoteOutcome
 from ._wire import Ack, Entry, Keys, Request, logger, parse
@@ -27,24 +28,33 @@ MARKER_TTL = 60
 
 
 async def exchange(
-    client: aioredis.Redis, keys: Keys, request: Request, *, ack_timeout: float, default_interval: float
+    client: aioredis.Redis,
+    subscriber: aioredis.Redis,
+    keys: Keys,
+    request: Request,
+    *,
+    ack_timeout: float,
+    default_interval: float,
 ) -> RemoteOutcome:
-    """Deliver ``request``; its outcome. Raises redis' errors (the caller translates them)."""
+    """Deliver ``request`` (commands on ``client``, the ack subscription on ``subscriber``); its outcome.
+
+    Raises redis' errors (the caller translates them), and
+    :class:`~tether.exceptions.RemoteCancelError` if the owner failed to apply it."""
     raw = await client.hget(keys.runs, request.run_id)
     entry = parse(Entry, raw, f"{keys.runs}[{request.run_id!r}]") if raw is not None else None
     if entry is None or request.agent_id not in (None, entry.agent):
         return RemoteOutcome.not_found
     payload = request.dumps()
-    async with client.pubsub() as pubsub:
+    async with subscriber.pubsub() as pubsub:
         await pubsub.subscribe(keys.ack(request.id))  # before the marker: an answer to it is not missed
         await client.set(keys.marker(request.run_id), payload, ex=MARKER_TTL)
         for _attempt in range(2):  # one retry: a message lost in transit is sent again
             await client.publish(keys.cancel(entry.owner), payload)
             if (ack := await _next_ack(pubsub, ack_timeout / 2, keys.ack(request.id))) is not None:
-                return ack.outcome
+                return _outcome(ack, request)
         due = await next_beat_within(client, keys, entry.owner, default_interval)
         if (ack := await _next_ack(pubsub, due + ack_timeout, keys.ack(request.id))) is not None:
-            return ack.outcome
+            return _outcome(ack, request)
     await client.delete(keys.marker(request.run_id))
     removed = await forget_owner(client, keys, entry.owner)
     logger.warning(
@@ -54,6 +64,12 @@ async def exchange(
         removed,
     )
     return RemoteOutcome.owner_dead
+
+
+def _outcome(ack: Ack, request: Request) -> RemoteOutcome:
+    if ack.result == "failed":
+        raise RemoteCancelError(f"the owner of run {request.run_id} failed to apply the cancel (see its log)")
+    return RemoteOutcome(ack.result)
 
 
 async def _next_ack(pubsub: Any, within: float, where: str) -> Ack | None:

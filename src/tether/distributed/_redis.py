@@ -34,10 +34,10 @@ from typing import Any, cast
 
 import anyio
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from .._run._handle import CancelMode, RunHandle
 from .._run._registry import RunRegistry, registry
@@ -47,7 +47,7 @@ from ..storage._base import owner_id
 from ._exchange import exchange
 from ._owners import forget_owner, sweep
 from ._protocol import RemoteOutcome
-from ._wire import Ack, Beat, Entry, Keys, Request, parse
+from ._wire import Ack, AckResult, Beat, Entry, Keys, Request, parse
 
 logger = logging.getLogger("tether.distributed")
 
@@ -90,8 +90,9 @@ class RedisCancellation:
         self._owner = owner_id()
         self._live: dict[str, str] = {}  # run id -> agent id, of runs living in this process
         self._writes: dict[str, concurrent.futures.Future[None]] = {}  # entries of runs not yet started
-        self._answered: dict[str, RemoteOutcome] = {}  # request id -> answer, the latest ANSWERS_KEPT
-        self._client: aioredis.Redis | None = None
+        self._answered: dict[str, AckResult] = {}  # request id -> answer, the latest ANSWERS_KEPT
+        self._client: aioredis.Redis | None = None  # commands
+        self._subscriber: aioredis.Redis | None = None  # subscriptions (the listener's, and for acks)
         self._loop: asyncio.AbstractEventLoop | None = None  # the background loop, all Redis I/O runs there
         self._tasks: list[asyncio.Task[None]] = []
         self._sending: set[asyncio.Task[None]] = set()  # commands sent by _soon, in flight
@@ -148,12 +149,12 @@ class RedisCancellation:
             self._registry.remote = None
 
     async def _start(self) -> None:
-        self._client = aioredis.Redis.from_url(
-            self.url,
-            socket_connect_timeout=self.connect_timeout,
-            socket_timeout=max(self.ack_timeout, 1.0),
-            retry=Retry(NoBackoff(), 0),  # a cancel is retried as a whole (see _deliver), beats next time
-        )
+        # Every command is idempotent (a request is applied once per id): after a Redis restart, a pooled
+        # connection it dropped fails once and the command is sent again on a new one (not on a timeout:
+        # a frozen Redis fails fast). Subscriptions get no such retry (redis-py's reconnecting pub/sub
+        # can hang on cancel and leak its socket): a new one is made by the loop that needs it.
+        self._client = self._connect(retries=1)
+        self._subscriber = self._connect(retries=0)
         self._loop = loop = asyncio.get_running_loop()
         self._stopping = False
         pause = min(self.heartbeat_interval, 1.0)
@@ -161,6 +162,14 @@ class RedisCancellation:
             loop.create_task(self._forever("listener", self._listen, pause)),
             loop.create_task(self._forever("heartbeat", self._beat, self.heartbeat_interval)),
         ]
+
+    def _connect(self, *, retries: int) -> aioredis.Redis:
+        return aioredis.Redis.from_url(
+            self.url,
+            socket_connect_timeout=self.connect_timeout,
+            socket_timeout=max(self.ack_timeout, 1.0),
+            retry=Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
+        )
 
     def _at_exit(self) -> None:
         if self._client is not None:
@@ -171,6 +180,7 @@ class RedisCancellation:
         # expires becomes a TimeoutError, which it takes for "no message", and the loop would go on.
         self._stopping = True
         client, self._client = self._client, None  # no command starts from here on
+        subscriber, self._subscriber = self._subscriber, None
         for task in self._tasks:
             task.cancel()
         # Commands in flight end on their own (bounded by the socket timeout); closing the client under
@@ -182,6 +192,8 @@ class RedisCancellation:
             with contextlib.suppress(RedisError, OSError):
                 await forget_owner(client, self._keys, self._owner)
             await client.aclose()
+        if subscriber is not None:
+            await subscriber.aclose()
 
     # -- hooks from the registry (any thread, never blocking) ------------------------------------
 
@@ -238,7 +250,8 @@ class RedisCancellation:
         except (RedisError, OSError) as exc:
             self._note_down(exc)  # the heartbeat re-registers live runs when Redis is back
         finally:
-            sent.set_result(None)
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled by its waiter
+                sent.set_result(None)
 
     # -- cancelling a run that lives elsewhere ---------------------------------------------------
 
@@ -247,7 +260,8 @@ class RedisCancellation:
     ) -> RemoteOutcome:
         """Deliver a cancel to the run's owner and wait (bounded) for its exact answer.
 
-        Raises :class:`~tether.exceptions.RemoteCancelError` when Redis cannot be reached (twice).
+        Raises :class:`~tether.exceptions.RemoteCancelError` when Redis cannot be reached (a connection it
+        dropped is retried once) or the owner failed to apply the cancel.
         """
         loop = self._loop
         if loop is None or self._client is None:
@@ -258,23 +272,18 @@ class RedisCancellation:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._deliver(request), loop))
 
     async def _deliver(self, request: Request) -> RemoteOutcome:
+        client, subscriber = self._client, self._subscriber
+        if client is None or subscriber is None:
+            raise RemoteCancelError("remote cancellation is not running")
         try:
-            for attempt in range(2):
-                client = self._client
-                if client is None:
-                    raise RemoteCancelError("remote cancellation is not running")
-                try:
-                    return await exchange(
-                        client,
-                        self._keys,
-                        request,
-                        ack_timeout=self.ack_timeout,
-                        default_interval=self.heartbeat_interval,
-                    )
-                except RedisConnectionError:  # a pooled connection Redis dropped (it restarted): once more
-                    if attempt:
-                        raise
-            raise AssertionError("unreachable")
+            return await exchange(
+                client,
+                subscriber,
+                self._keys,
+                request,
+                ack_timeout=self.ack_timeout,
+                default_interval=self.heartbeat_interval,
+            )
         except (RedisError, OSError) as exc:
             self._note_down(exc)
             raise RemoteCancelError(f"could not reach Redis to cancel run {request.run_id}: {exc}") from exc
@@ -298,10 +307,11 @@ class RedisCancellation:
 
     async def _listen(self) -> None:
         """One subscription to this owner's cancel channel, answering requests until stopped."""
-        if (client := self._client) is None:
+        client, subscriber = self._client, self._subscriber
+        if client is None or subscriber is None:
             return
         channel = self._keys.cancel(self._owner)
-        async with client.pubsub() as pubsub:
+        async with subscriber.pubsub() as pubsub:
             await pubsub.subscribe(channel)
             while not self._stopping:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -341,22 +351,21 @@ class RedisCancellation:
         """Apply ``request`` (once per request id), clear its marker, and publish the answer."""
         result = self._answered.get(request.id)
         if result is None:
+            result = "failed"  # unless applying it returns
             with _survive(f"applying cancel request {request.id}"):
                 result = self._apply(request)
-            if result is None:
-                return  # no answer: the canceller takes the owner for dead, and the run is not stopped
             self._answered[request.id] = result
             if len(self._answered) > ANSWERS_KEPT:
                 del self._answered[next(iter(self._answered))]
+        await client.publish(self._keys.ack(request.id), Ack(result=result).dumps())
         await client.delete(self._keys.marker(request.run_id))
-        await client.publish(self._keys.ack(request.id), Ack.of(result).dumps())
 
-    def _apply(self, request: Request) -> RemoteOutcome:
+    def _apply(self, request: Request) -> AckResult:
         handle = self._registry.get(request.run_id) if self._registry is not None else None
         if handle is None or request.agent_id not in (None, handle.agent_id):
-            return RemoteOutcome.not_found
+            return "not_found"
         accepted = handle.request_cancel(request.reason, "remote", mode=request.mode, grace=request.grace)
-        return RemoteOutcome.cancelled if accepted else RemoteOutcome.ended
+        return "cancelled" if accepted else "ended"
 
     # -- plumbing ------------------------------------------------------------------------------
 

@@ -12,8 +12,6 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ._protocol import RemoteOutcome
-
 logger = logging.getLogger("tether.distributed")
 
 M = TypeVar("M", bound="Message")
@@ -44,18 +42,14 @@ class Request(Message):
     grace: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
+AckResult = Literal["cancelled", "ended", "not_found", "failed"]
+"""An outcome's value, or ``failed``: the owner could not apply the request (its log says why)."""
+
+
 class Ack(Message):
     """The owner's answer to one request, published on ``ack:<request>``."""
 
-    result: Literal["cancelled", "ended", "not_found"]
-
-    @classmethod
-    def of(cls, outcome: RemoteOutcome) -> Ack:
-        return cls.model_validate({"result": outcome.value})
-
-    @property
-    def outcome(self) -> RemoteOutcome:
-        return RemoteOutcome(self.result)
+    result: AckResult
 
 
 class Beat(Message):
