@@ -15,7 +15,7 @@ Keys, under ``prefix`` (their names and message shapes are in ``_wire``):
 Nothing is sent per streamed chunk: one command when a run registers (awaited before its first event,
 so any worker can find the run once a client has seen it), one when it ends, one pipeline per heartbeat.
 All Redis I/O runs on tether's background event loop (the sync bridge's), so runs on any loop, in any
-thread, can use it; registering a run only hands a command to that loop, it never waits for it.
+thread, can use it; registering a run only queues a command for that loop (``_outbox``), it never waits.
 Garbage read from Redis is logged and skipped; an outage or an error in a background task is logged and
 the task goes on.
 """
@@ -45,13 +45,12 @@ from .._sync import bridge
 from ..exceptions import RemoteCancelError
 from ..storage._base import owner_id
 from ._exchange import exchange
+from ._outbox import Outbox
 from ._owners import forget_owner, sweep
 from ._protocol import RemoteOutcome
 from ._wire import Ack, AckResult, Beat, Entry, Keys, Request, parse
 
 logger = logging.getLogger("tether.distributed")
-
-Command = Callable[[aioredis.Redis], Awaitable[Any]]
 
 ANSWERS_KEPT = 1024
 """Recent answers an owner remembers by request id, so a request delivered twice is answered alike."""
@@ -94,8 +93,9 @@ class RedisCancellation:
         self._client: aioredis.Redis | None = None  # commands
         self._subscriber: aioredis.Redis | None = None  # subscriptions (the listener's, and for acks)
         self._loop: asyncio.AbstractEventLoop | None = None  # the background loop, all Redis I/O runs there
-        self._tasks: list[asyncio.Task[None]] = []
-        self._sending: set[asyncio.Task[None]] = set()  # commands sent by _soon, in flight
+        self._tasks: list[asyncio.Task[None]] = []  # the listener and the heartbeat
+        self._writer: asyncio.Task[None] | None = None  # sends the outbox
+        self._outbox = Outbox()  # run entries to write or remove, from any thread
         self._registry: RunRegistry | None = None
         self._down_since: float | None = None
         self._sweep_cursor = 0
@@ -157,11 +157,13 @@ class RedisCancellation:
         self._subscriber = self._connect(retries=0)
         self._loop = loop = asyncio.get_running_loop()
         self._stopping = False
+        self._outbox.open()
         pause = min(self.heartbeat_interval, 1.0)
         self._tasks = [
             loop.create_task(self._forever("listener", self._listen, pause)),
             loop.create_task(self._forever("heartbeat", self._beat, self.heartbeat_interval)),
         ]
+        self._writer = loop.create_task(self._forever("writer", lambda: self._outbox.send(self._client), 0))
 
     def _connect(self, *, retries: int) -> aioredis.Redis:
         return aioredis.Redis.from_url(
@@ -183,11 +185,12 @@ class RedisCancellation:
         subscriber, self._subscriber = self._subscriber, None
         for task in self._tasks:
             task.cancel()
+        self._outbox.close()  # the writer sends what is queued, then ends
         # Commands in flight end on their own (bounded by the socket timeout); closing the client under
         # one that is still connecting would leave its new socket open.
-        if waiting := [*self._tasks, *self._sending]:
+        if waiting := [*self._tasks, *([self._writer] if self._writer is not None else [])]:
             await asyncio.wait(waiting, timeout=3)
-        self._tasks = []
+        self._tasks, self._writer = [], None
         if client is not None:
             with contextlib.suppress(RedisError, OSError):
                 await forget_owner(client, self._keys, self._owner)
@@ -199,8 +202,8 @@ class RedisCancellation:
 
     def run_registered(self, handle: RunHandle) -> None:
         self._live[handle.run_id] = handle.agent_id
-        entry = Entry(owner=self._owner, agent=handle.agent_id).dumps()
-        written = self._soon(lambda client: client.hset(self._keys.runs, handle.run_id, entry))
+        entry = Entry.written(self._owner, handle.agent_id)
+        written = self._outbox.put(lambda pipe: pipe.hset(self._keys.runs, handle.run_id, entry))
         if written is not None:
             self._writes[handle.run_id] = written
 
@@ -220,38 +223,7 @@ class RedisCancellation:
     def run_unregistered(self, handle: RunHandle) -> None:
         self._live.pop(handle.run_id, None)
         self._writes.pop(handle.run_id, None)  # a run that never started
-        self._soon(lambda client: client.hdel(self._keys.runs, handle.run_id))
-
-    def _soon(self, command: Command) -> concurrent.futures.Future[None] | None:
-        """Hand ``command`` to the background loop without waiting (from any thread, that loop's too).
-
-        Its future is done once the command is (whatever the outcome); None when the loop is gone.
-        """
-        loop = self._loop
-        if loop is None or self._client is None:
-            return None
-        sent: concurrent.futures.Future[None] = concurrent.futures.Future()
-        try:
-            loop.call_soon_threadsafe(self._spawn, command, sent)
-        except RuntimeError:  # the background loop is closed
-            return None
-        return sent
-
-    def _spawn(self, command: Command, sent: concurrent.futures.Future[None]) -> None:
-        task = asyncio.get_running_loop().create_task(self._send(command, sent))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _send(self, command: Command, sent: concurrent.futures.Future[None]) -> None:
-        try:
-            if (client := self._client) is not None:
-                with _survive("a run's entry"):
-                    await command(client)
-        except (RedisError, OSError) as exc:
-            self._note_down(exc)  # the heartbeat re-registers live runs when Redis is back
-        finally:
-            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled by its waiter
-                sent.set_result(None)
+        self._outbox.put(lambda pipe: pipe.hdel(self._keys.runs, handle.run_id))
 
     # -- cancelling a run that lives elsewhere ---------------------------------------------------
 
@@ -327,7 +299,7 @@ class RedisCancellation:
         beat = Beat(interval=self.heartbeat_interval, ttl=self.owner_ttl).dumps()
         pipe.set(self._keys.owner(self._owner), beat, px=int(self.owner_ttl * 1000))
         if live:
-            entries = {rid: Entry(owner=self._owner, agent=agent).dumps() for rid, agent in live.items()}
+            entries = {rid: Entry.written(self._owner, agent) for rid, agent in live.items()}
             pipe.hset(self._keys.runs, mapping=cast("dict[Any, Any]", entries))
             pipe.mget([self._keys.marker(rid) for rid in live])
         results = await pipe.execute()

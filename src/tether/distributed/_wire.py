@@ -7,6 +7,7 @@ skipped (None), so garbage never ends a background task nor becomes a wrong answ
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Literal, TypeVar
 
@@ -29,6 +30,11 @@ class Entry(Message):
 
     owner: str
     agent: str
+
+    @staticmethod
+    def written(owner: str, agent: str) -> str:
+        """The entry as written: plain ``json.dumps``, a third of a model's cost (on every run start)."""
+        return json.dumps({"owner": owner, "agent": agent})
 
 
 class Request(Message):
