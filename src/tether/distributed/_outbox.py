@@ -78,6 +78,10 @@ class Outbox:
         self._loop = None
         self.wake()
 
+    def discard(self) -> None:
+        """Drop what is still queued (its waiters are released); after :meth:`close` and the last send."""
+        self._release(self._take())
+
     def _take(self) -> list[tuple[Command, concurrent.futures.Future[None]]]:
         with self._lock:
             batch, self._queue = self._queue, []

@@ -191,6 +191,7 @@ class RedisCancellation:
         if waiting := [*self._tasks, *([self._writer] if self._writer is not None else [])]:
             await asyncio.wait(waiting, timeout=3)
         self._tasks, self._writer = [], None
+        self._outbox.discard()  # anything queued too late: forget_owner removes every entry of ours
         if client is not None:
             with contextlib.suppress(RedisError, OSError):
                 await forget_owner(client, self._keys, self._owner)
