@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -136,3 +138,35 @@ def test_redis_down_runs_work_and_a_remote_cancel_fails_fast(project: Path, pref
         assert time.perf_counter() - started < 2
         assert remote.status_code == 500
         assert remote.json() == {"detail": "Failed to cancel run", "error_code": "INTERNAL_SERVER_ERROR"}
+
+
+@pytest.mark.timeout(90)
+def test_a_cancel_for_a_run_whose_worker_was_killed_answers_that_it_ended_in_error(
+    project: Path, redis_url: str, prefix: str
+) -> None:
+    args, env = settings(project, redis_url, prefix)
+    with (
+        serving(*args, cwd=project, env=env) as doomed,
+        serving(*args, cwd=project, env=env) as survivor,
+        httpx.Client(base_url=doomed.url, timeout=30) as a,
+        httpx.Client(base_url=survivor.url, timeout=30) as b,
+    ):
+        response, _frames, _deltas = stream_until_content(a, "orphan-1")
+        os.killpg(doomed.proc.pid, signal.SIGKILL)
+        doomed.proc.wait(10)
+        response.close()
+        started = time.perf_counter()
+        answer = b.post("/agents/slow/runs/orphan-1/cancel", json={"reason": "too late"})
+        assert time.perf_counter() - started < 8  # its next heartbeat was due within 2 s
+        assert (answer.status_code, answer.json()) == (
+            400,
+            {"detail": "Run orphan-1 has already ended with status ERROR", "error_code": "BAD_REQUEST"},
+        )
+        stored = b.get("/agents/slow/runs/orphan-1").json()
+        assert (stored["status"], stored["error"], stored["error_type"]) == (
+            "ERROR",
+            "worker exited while the run was active",
+            "WorkerExited",
+        )
+        again = b.post("/agents/slow/runs/orphan-1/cancel")  # decided by the stored row now, at once
+        assert (again.status_code, again.json()) == (400, answer.json())

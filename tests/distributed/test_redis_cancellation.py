@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -73,10 +74,10 @@ def test_cancel_a_run_owned_by_another_process(
     assert Agent(name="other", model=ScriptedModel()).cancel_run("owned-1") is False
 
 
-async def test_no_redis_command_per_streamed_chunk(
-    redis_url: str, prefix: str, attached: RedisCancellation
-) -> None:
-    counter = redis.Redis.from_url(redis_url)
+async def test_no_redis_command_per_streamed_chunk(prefix: str) -> None:
+    server = ThrowawayRedis().start()  # ours alone: its command counts are not anyone else's
+    remote = await RedisCancellation(server.url, prefix=prefix, heartbeat_interval=0.2).aattach()
+    counter = redis.Redis(port=server.port)
 
     def commands() -> int:
         stats = counter.info("commandstats")
@@ -90,10 +91,32 @@ async def test_no_redis_command_per_streamed_chunk(
         assert out.status is RunStatus.completed and len(out.content.split()) == chunks
         return commands() - before - 1  # our own INFO call
 
-    small, large = await run_with(20), await run_with(2000)
-    assert large <= small + 3, f"{large} commands for 2000 chunks vs {small} for 20"
-    assert large <= 12
-    counter.close()
+    try:
+        small, large = await run_with(20), await run_with(2000)
+        assert large <= small + 3, f"{large} commands for 2000 chunks vs {small} for 20"
+        assert large <= 12
+    finally:
+        counter.close()
+        await remote.adetach()
+        server.stop()
+
+
+async def test_a_burst_of_runs_is_registered_through_a_few_connections(prefix: str) -> None:
+    server = ThrowawayRedis().start()
+    remote = await RedisCancellation(server.url, prefix=prefix).aattach()
+    watcher = redis.Redis(port=server.port)
+    try:
+        agent = Agent(name="burst", model=ScriptedModel(["ok"]))
+        outputs = await asyncio.gather(*(agent.arun("go") for _ in range(300)))
+        assert [out.content for out in outputs] == ["ok"] * 300
+        stats = watcher.info("stats")
+        # the listener's, the heartbeat's and the writer's, a few more at most (and ours)
+        assert int(stats["total_connections_received"]) <= 8, stats["total_connections_received"]
+        await _until(lambda: watcher.hlen(f"{prefix}runs") == 0)
+    finally:
+        watcher.close()
+        await remote.adetach()
+        server.stop()
 
 
 async def test_a_run_is_in_redis_before_its_first_event_and_gone_after_its_end(

@@ -16,6 +16,7 @@ class RemoteOutcome(Enum):
     cancelled = "cancelled"  # the run was active in its owner and is now stopping
     ended = "ended"  # its owner had it, but it had already ended
     not_found = "not_found"  # no live run has that id (or it belongs to another agent)
+    owner_dead = "owner_dead"  # its owner is gone (killed): the run ended with it; its entries are removed
 
 
 class Remote(Protocol):

@@ -1,51 +1,60 @@
 """RedisCancellation: stop a run from any process, by push, with an acknowledgement.
 
-Keys, under ``prefix``:
+Keys, under ``prefix`` (their names and message shapes are in ``_wire``):
 
 - ``runs`` (hash): run id -> ``{"owner", "agent"}``; written when a run registers (and awaited before
   its first event), removed when it ends, and rewritten for every live run by the heartbeat (so a Redis
   restart loses nothing for long);
-- ``owner:<owner>``: the owner's liveness, refreshed by one heartbeat pipeline every few seconds;
+- ``owner:<owner>``: the owner's liveness, refreshed by one heartbeat pipeline every few seconds; when it
+  has expired, every live worker's heartbeat removes that owner's ``runs`` entries (a page per beat);
 - ``cancel:<owner>`` (pub/sub): cancel requests for that owner's runs;
-- ``ack:<request>`` (pub/sub): the owner's answer to one request;
+- ``ack:<request>`` (pub/sub): the owner's answer to one request (from its listener or its heartbeat);
 - ``marker:<run>``: a durable copy of a cancel request, written before publishing; the owner's heartbeat
   applies it, so a lost message still stops the run within one heartbeat.
 
 Nothing is sent per streamed chunk: one command when a run registers (awaited before its first event,
 so any worker can find the run once a client has seen it), one when it ends, one pipeline per heartbeat.
 All Redis I/O runs on tether's background event loop (the sync bridge's), so runs on any loop, in any
-thread, can use it.
+thread, can use it; registering a run only queues a command for that loop (``_outbox``), it never waits.
+Garbage read from Redis is logged and skipped; an outage or an error in a background task is logged and
+the task goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import contextlib
-import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, cast
 
 import anyio
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
+from .._background_loop import at_exit
 from .._background_loop import background_loop as bridge
 from .._run._handle import RunHandle
 from .._run._lifecycle import CancelMode
 from .._run._registry import RunRegistry, registry
 from ..exceptions import RemoteCancelError
 from ..storage._base import owner_id
+from ._exchange import exchange
+from ._outbox import Outbox
+from ._owners import forget_owner, sweep
 from ._protocol import RemoteOutcome
+from ._wire import Ack, AckResult, Beat, Entry, Keys, Request, parse
 
 logger = logging.getLogger("tether.distributed")
 
-MARKER_TTL = 60
+ANSWERS_KEPT = 1024
+"""Recent answers an owner remembers by request id, so a request delivered twice is answered alike."""
 
 
 class RedisCancellation:
@@ -55,6 +64,10 @@ class RedisCancellation:
 
         RedisCancellation("redis://127.0.0.1:6379/0", prefix="myapp:").attach()
         agent.cancel_run(run_id)   # works for a run owned by another process too
+
+    Times are in seconds. A remote cancel is answered once the owner acknowledges it (within
+    ``ack_timeout`` when it is live and reachable by pub/sub, else at its next heartbeat); an owner that
+    does not answer by then is dead, and what it left in Redis is removed.
     """
 
     def __init__(
@@ -73,14 +86,20 @@ class RedisCancellation:
         self.owner_ttl = owner_ttl
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
+        self._keys = Keys(prefix)
         self._owner = owner_id()
         self._live: dict[str, str] = {}  # run id -> agent id, of runs living in this process
         self._writes: dict[str, concurrent.futures.Future[None]] = {}  # entries of runs not yet started
-        self._client: aioredis.Redis | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._sending: set[asyncio.Task[Any]] = set()  # commands sent by _soon, in flight
+        self._answered: dict[str, AckResult] = {}  # request id -> answer, the latest ANSWERS_KEPT
+        self._client: aioredis.Redis | None = None  # commands
+        self._subscriber: aioredis.Redis | None = None  # subscriptions (the listener's, and for acks)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the background loop, all Redis I/O runs there
+        self._tasks: list[asyncio.Task[None]] = []  # the listener and the heartbeat
+        self._writer: asyncio.Task[None] | None = None  # sends the outbox
+        self._outbox = Outbox()  # run entries to write or remove, from any thread
         self._registry: RunRegistry | None = None
         self._down_since: float | None = None
+        self._sweep_cursor = 0
         self._stopping = False
 
     def __repr__(self) -> str:
@@ -93,6 +112,7 @@ class RedisCancellation:
 
         Never waits for Redis: if it is down, runs and local cancels work and it is retried.
         At interpreter exit this process's entries are removed (a crash leaves them to expire).
+        Raises :class:`~tether.exceptions.RemoteCancelError` if another canceller is attached to ``to``.
         """
         self._claim(to)
         bridge.call(self._start)
@@ -119,7 +139,7 @@ class RedisCancellation:
         if to.remote is not None and to.remote is not self:
             raise RemoteCancelError("another remote canceller is already attached to this registry")
         if self._registry is None:
-            atexit.register(self._at_exit)  # registered after the bridge's, so it runs before it stops
+            at_exit(self._at_exit)  # registered after the background loop's, so it runs before it stops
         self._registry = to
         for handle in to.handles():
             self._live[handle.run_id] = handle.agent_id
@@ -130,15 +150,29 @@ class RedisCancellation:
             self._registry.remote = None
 
     async def _start(self) -> None:
-        self._client = aioredis.Redis.from_url(
+        # Every command is idempotent (a request is applied once per id): after a Redis restart, a pooled
+        # connection it dropped fails once and the command is sent again on a new one (not on a timeout:
+        # a frozen Redis fails fast). Subscriptions get no such retry (redis-py's reconnecting pub/sub
+        # can hang on cancel and leak its socket): a new one is made by the loop that needs it.
+        self._client = self._connect(retries=1)
+        self._subscriber = self._connect(retries=0)
+        self._loop = loop = asyncio.get_running_loop()
+        self._stopping = False
+        self._outbox.open()
+        pause = min(self.heartbeat_interval, 1.0)
+        self._tasks = [
+            loop.create_task(self._forever("listener", self._listen, pause)),
+            loop.create_task(self._forever("heartbeat", self._beat, self.heartbeat_interval)),
+        ]
+        self._writer = loop.create_task(self._forever("writer", lambda: self._outbox.send(self._client), 0))
+
+    def _connect(self, *, retries: int) -> aioredis.Redis:
+        return aioredis.Redis.from_url(
             self.url,
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=max(self.ack_timeout, 1.0),
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
         )
-        loop = asyncio.get_running_loop()
-        self._stopping = False
-        self._tasks = [loop.create_task(self._listen()), loop.create_task(self._heartbeat())]
 
     def _at_exit(self) -> None:
         if self._client is not None:
@@ -149,32 +183,29 @@ class RedisCancellation:
         # expires becomes a TimeoutError, which it takes for "no message", and the loop would go on.
         self._stopping = True
         client, self._client = self._client, None  # no command starts from here on
+        subscriber, self._subscriber = self._subscriber, None
         for task in self._tasks:
             task.cancel()
+        self._outbox.close()  # the writer sends what is queued, then ends
         # Commands in flight end on their own (bounded by the socket timeout); closing the client under
         # one that is still connecting would leave its new socket open.
-        if waiting := [*self._tasks, *self._sending]:
+        if waiting := [*self._tasks, *([self._writer] if self._writer is not None else [])]:
             await asyncio.wait(waiting, timeout=3)
-        self._tasks = []
+        self._tasks, self._writer = [], None
+        self._outbox.discard()  # anything queued too late: forget_owner removes every entry of ours
         if client is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self._forget_mine(client)
+                await forget_owner(client, self._keys, self._owner)
             await client.aclose()
-
-    async def _forget_mine(self, client: aioredis.Redis) -> None:
-        """Remove this owner and every run entry it wrote (also of runs whose removal is in flight)."""
-        await client.delete(self._key("owner", self._owner))
-        entries = await client.hgetall(self._key("runs"))
-        mine = [rid for rid, raw in entries.items() if json.loads(raw).get("owner") == self._owner]
-        if mine:
-            await client.hdel(self._key("runs"), *mine)
+        if subscriber is not None:
+            await subscriber.aclose()
 
     # -- hooks from the registry (any thread, never blocking) ------------------------------------
 
     def run_registered(self, handle: RunHandle) -> None:
         self._live[handle.run_id] = handle.agent_id
-        entry = json.dumps({"owner": self._owner, "agent": handle.agent_id})
-        written = self._soon(lambda client: client.hset(self._key("runs"), handle.run_id, entry))
+        entry = Entry.written(self._owner, handle.agent_id)
+        written = self._outbox.put(lambda pipe: pipe.hset(self._keys.runs, handle.run_id, entry))
         if written is not None:
             self._writes[handle.run_id] = written
 
@@ -194,144 +225,123 @@ class RedisCancellation:
     def run_unregistered(self, handle: RunHandle) -> None:
         self._live.pop(handle.run_id, None)
         self._writes.pop(handle.run_id, None)  # a run that never started
-        self._soon(lambda client: client.hdel(self._key("runs"), handle.run_id))
-
-    def _soon(self, command: Any) -> concurrent.futures.Future[None] | None:
-        """Send ``command`` from the bridge's loop; its future, or None when the bridge is stopping."""
-
-        async def send() -> None:
-            client = self._client
-            task = asyncio.current_task()
-            if client is None or task is None:
-                return
-            self._sending.add(task)
-            try:
-                await command(client)
-            except RedisError as exc:
-                self._note_down(exc)  # the heartbeat re-registers live runs when Redis is back
-            finally:
-                self._sending.discard(task)
-
-        try:
-            return bridge.portal().start_task_soon(send)
-        except RuntimeError:  # the bridge is shutting down
-            return None
+        self._outbox.put(lambda pipe: pipe.hdel(self._keys.runs, handle.run_id))
 
     # -- cancelling a run that lives elsewhere ---------------------------------------------------
 
     async def cancel(
         self, run_id: str, *, agent_id: str | None, reason: str | None, mode: CancelMode, grace: float | None
     ) -> RemoteOutcome:
-        """Deliver a cancel to the run's owner and wait (bounded) for its answer."""
-        request = {"run_id": run_id, "agent_id": agent_id, "reason": reason, "mode": mode, "grace": grace}
-        future = asyncio.run_coroutine_threadsafe(self._deliver(request), bridge.loop())
-        return await asyncio.wrap_future(future)
+        """Deliver a cancel to the run's owner and wait (bounded) for its exact answer.
 
-    async def _deliver(self, request: dict[str, Any]) -> RemoteOutcome:
-        client = self._client
-        if client is None:
+        Raises :class:`~tether.exceptions.RemoteCancelError` when Redis cannot be reached (a connection it
+        dropped is retried once) or the owner failed to apply the cancel.
+        """
+        loop = self._loop
+        if loop is None or self._client is None:
+            raise RemoteCancelError("remote cancellation is not running")
+        request = Request(
+            id=uuid.uuid4().hex, run_id=run_id, agent_id=agent_id, reason=reason, mode=mode, grace=grace
+        )
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._deliver(request), loop))
+
+    async def _deliver(self, request: Request) -> RemoteOutcome:
+        client, subscriber = self._client, self._subscriber
+        if client is None or subscriber is None:
             raise RemoteCancelError("remote cancellation is not running")
         try:
-            return await self._exchange(client, request)
+            return await exchange(
+                client,
+                subscriber,
+                self._keys,
+                request,
+                ack_timeout=self.ack_timeout,
+                default_interval=self.heartbeat_interval,
+            )
         except (RedisError, OSError) as exc:
             self._note_down(exc)
-            run_id = request["run_id"]
-            raise RemoteCancelError(f"could not reach Redis to cancel run {run_id}: {exc}") from exc
-
-    async def _exchange(self, client: aioredis.Redis, request: dict[str, Any]) -> RemoteOutcome:
-        run_id = request["run_id"]
-        raw = await client.hget(self._key("runs"), run_id)
-        if raw is None:
-            return RemoteOutcome.not_found
-        entry = json.loads(raw)
-        if request["agent_id"] is not None and entry["agent"] != request["agent_id"]:
-            return RemoteOutcome.not_found
-        if not await client.exists(self._key("owner", entry["owner"])):
-            return RemoteOutcome.not_found  # its owner died; the store's reaper marks the run ERROR
-        request["id"] = uuid.uuid4().hex
-        payload = json.dumps(request)
-        await client.set(self._key("marker", run_id), payload, ex=MARKER_TTL)
-        async with client.pubsub() as pubsub:
-            await pubsub.subscribe(self._key("ack", request["id"]))
-            for _attempt in range(2):  # one retry: a message lost in transit is sent again
-                await client.publish(self._key("cancel", entry["owner"]), payload)
-                answer = await _next_message(pubsub, self.ack_timeout / 2)
-                if answer is not None:
-                    return RemoteOutcome(json.loads(answer)["result"])
-        if await self._owner_is_fresh(client, entry["owner"]):
-            return RemoteOutcome.cancelled  # no answer yet, but its next heartbeat applies the marker
-        await client.delete(self._key("marker", run_id))
-        return RemoteOutcome.not_found
-
-    async def _owner_is_fresh(self, client: aioredis.Redis, owner: str) -> bool:
-        """Did ``owner`` heartbeat within two of its intervals? Measured on Redis' own clock (its TTL)."""
-        key = self._key("owner", owner)
-        raw, left_ms = await client.get(key), await client.pttl(key)
-        if raw is None or left_ms < 0:
-            return False
-        beat = json.loads(raw)
-        age = float(beat["ttl"]) - left_ms / 1000
-        return age <= 2 * float(beat["interval"]) + 0.5
+            raise RemoteCancelError(f"could not reach Redis to cancel run {request.run_id}: {exc}") from exc
+        except (KeyboardInterrupt, SystemExit) as exc:  # must not end the background loop
+            raise RemoteCancelError(f"cancelling run {request.run_id} was interrupted: {exc!r}") from exc
 
     # -- the owner's side ----------------------------------------------------------------------
 
+    async def _forever(self, name: str, step: Callable[[], Awaitable[None]], pause: float) -> None:
+        """Run ``step`` until stopped; whatever it raises (an outage, garbage, a bug) is logged."""
+        while not self._stopping:
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self._note_down(exc)
+            except BaseException:
+                logger.exception("tether's Redis %s failed; it goes on", name)
+            await asyncio.sleep(pause)
+
     async def _listen(self) -> None:
-        channel = self._key("cancel", self._owner)
-        while not self._stopping:
-            client = self._client
-            try:
-                assert client is not None
-                async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(channel)
-                    while not self._stopping:
-                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                        if message is not None:
-                            await self._answer(client, json.loads(message["data"]))
-            except (RedisError, OSError) as exc:
-                self._note_down(exc)
-                await asyncio.sleep(min(self.heartbeat_interval, 1.0))
+        """One subscription to this owner's cancel channel, answering requests until stopped."""
+        client, subscriber = self._client, self._subscriber
+        if client is None or subscriber is None:
+            return
+        channel = self._keys.cancel(self._owner)
+        async with subscriber.pubsub() as pubsub:
+            await pubsub.subscribe(channel)
+            while not self._stopping:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None and (request := parse(Request, message["data"], channel)):
+                    await self._answer(client, request)
 
-    async def _answer(self, client: aioredis.Redis, request: dict[str, Any]) -> None:
-        result = self._apply(request)
-        await client.delete(self._key("marker", request["run_id"]))
-        await client.publish(self._key("ack", request["id"]), json.dumps({"result": result.value}))
+    async def _beat(self) -> None:
+        """One heartbeat: refresh this owner and its runs' entries, apply markers, sweep a page."""
+        if (client := self._client) is None:
+            return
+        live = dict(self._live)
+        pipe = client.pipeline(transaction=False)
+        beat = Beat(interval=self.heartbeat_interval, ttl=self.owner_ttl).dumps()
+        pipe.set(self._keys.owner(self._owner), beat, px=int(self.owner_ttl * 1000))
+        if live:
+            entries = {rid: Entry.written(self._owner, agent) for rid, agent in live.items()}
+            pipe.hset(self._keys.runs, mapping=cast("dict[Any, Any]", entries))
+            pipe.mget([self._keys.marker(rid) for rid in live])
+        results = await pipe.execute()
+        self._note_up()
+        for run_id, raw in zip(live, results[2] if live else [], strict=False):
+            if raw is not None:  # a cancel whose message was lost (or not yet answered)
+                await self._apply_marker(client, run_id, raw)
+        self._sweep_cursor = await sweep(client, self._keys, self._sweep_cursor, self._owner)
 
-    def _apply(self, request: dict[str, Any]) -> RemoteOutcome:
-        handle = self._registry.get(request["run_id"]) if self._registry is not None else None
-        if handle is None or (request.get("agent_id") not in (None, handle.agent_id)):
-            return RemoteOutcome.not_found
-        mode: CancelMode = "after_turn" if request.get("mode") == "after_turn" else "immediate"
-        accepted = handle.request_cancel(
-            request.get("reason"), "remote", mode=mode, grace=request.get("grace")
-        )
-        return RemoteOutcome.cancelled if accepted else RemoteOutcome.ended
+    async def _apply_marker(self, client: aioredis.Redis, run_id: str, raw: bytes) -> None:
+        key = self._keys.marker(run_id)
+        request = parse(Request, raw, key)
+        if request is None or request.run_id != run_id:
+            if request is not None:
+                logger.warning("skipped a marker at %s for another run (%s)", key, request.run_id)
+            await client.delete(key)  # it can never be applied
+            return
+        await self._answer(client, request)
 
-    async def _heartbeat(self) -> None:
-        while not self._stopping:
-            client = self._client
-            live = dict(self._live)
-            try:
-                assert client is not None
-                pipe = client.pipeline(transaction=False)
-                beat = json.dumps({"interval": self.heartbeat_interval, "ttl": self.owner_ttl})
-                pipe.set(self._key("owner", self._owner), beat, px=int(self.owner_ttl * 1000))
-                if live:
-                    entries = {rid: json.dumps({"owner": self._owner, "agent": a}) for rid, a in live.items()}
-                    pipe.hset(self._key("runs"), mapping=cast("dict[Any, Any]", entries))
-                    pipe.mget([self._key("marker", rid) for rid in live])
-                results = await pipe.execute()
-                self._note_up()
-                for marker in results[2] if live else []:
-                    if marker is not None:
-                        await self._answer(client, json.loads(marker))  # a cancel whose message was lost
-            except (RedisError, OSError) as exc:
-                self._note_down(exc)
-            await asyncio.sleep(self.heartbeat_interval)
+    async def _answer(self, client: aioredis.Redis, request: Request) -> None:
+        """Apply ``request`` (once per request id), clear its marker, and publish the answer."""
+        result = self._answered.get(request.id)
+        if result is None:
+            result = "failed"  # unless applying it returns
+            with _survive(f"applying cancel request {request.id}"):
+                result = self._apply(request)
+            self._answered[request.id] = result
+            if len(self._answered) > ANSWERS_KEPT:
+                del self._answered[next(iter(self._answered))]
+        await client.publish(self._keys.ack(request.id), Ack(result=result).dumps())
+        await client.delete(self._keys.marker(request.run_id))
+
+    def _apply(self, request: Request) -> AckResult:
+        handle = self._registry.get(request.run_id) if self._registry is not None else None
+        if handle is None or request.agent_id not in (None, handle.agent_id):
+            return "not_found"
+        accepted = handle.request_cancel(request.reason, "remote", mode=request.mode, grace=request.grace)
+        return "cancelled" if accepted else "ended"
 
     # -- plumbing ------------------------------------------------------------------------------
-
-    def _key(self, *parts: str) -> str:
-        return self.prefix + ":".join(parts)
 
     def _note_down(self, exc: BaseException) -> None:
         if self._down_since is None:
@@ -344,10 +354,12 @@ class RedisCancellation:
             self._down_since = None
 
 
-async def _next_message(pubsub: Any, within: float) -> Any:
-    deadline = time.monotonic() + within
-    while (left := deadline - time.monotonic()) > 0:
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
-        if message is not None:
-            return message["data"]
-    return None
+@contextlib.contextmanager
+def _survive(what: str) -> Iterator[None]:
+    """Log and swallow what ``what`` raised, but Redis errors and cancellation (their callers handle them)."""
+    try:
+        yield
+    except (RedisError, OSError, asyncio.CancelledError):
+        raise
+    except BaseException:
+        logger.exception("tether's Redis canceller: %s failed; skipped", what)

@@ -13,6 +13,7 @@ from .._run import CancelAnswer, RunHandle, RunOutput, RunStatus, registry
 from .._wire import AgentInfo, CancelRequest, CancelResult, RunRequest
 from ..distributed._protocol import RemoteOutcome
 from ..exceptions import ConfigurationError, RemoteCancelError, StorageError
+from ..storage._base import CRASHED_ERROR, CRASHED_TYPE
 from . import _body
 from ._collect import RunOutputResponse
 from ._errors import HTTPProblem, logger, responses
@@ -198,7 +199,10 @@ def _read_routes(router: APIRouter, state: ServerState) -> None:
 async def _cancel_remote(
     state: ServerState, agent_id: str, run_id: str, body: CancelRequest, wait: float
 ) -> RunStatus | None:
-    """Cancel a run another worker owns; its status after up to ``wait`` s, or None if it is not live."""
+    """Cancel a run another worker owns; its status after up to ``wait`` s, or None if it is not live.
+
+    A run whose worker is gone (killed) is stored as ERROR "worker exited while the run was active".
+    """
     assert registry.remote is not None
     try:
         outcome = await registry.remote.cancel(
@@ -207,6 +211,15 @@ async def _cancel_remote(
     except RemoteCancelError as exc:
         logger.error("cancelling run %s through Redis failed: %s", run_id, exc)
         raise HTTPProblem(500, "Failed to cancel run") from exc
+    if outcome is RemoteOutcome.owner_dead:  # the run died with its worker: its row says so from now on
+        stored = await _read(state, run_id, failure="Failed to cancel run")
+        if stored is not None and stored.agent_id == agent_id and stored.status.is_active:
+            crashed = {"status": RunStatus.error, "error": CRASHED_ERROR, "error_type": CRASHED_TYPE}
+            try:
+                await state.storage.finish_run(stored.model_copy(update=crashed))
+            except StorageError as exc:
+                logger.error("recording run %s as ended with its worker failed: %s", run_id, exc)
+                raise HTTPProblem(500, "Failed to cancel run") from exc
     if outcome is not RemoteOutcome.cancelled:
         return None
     status = RunStatus.running

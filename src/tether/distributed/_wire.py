@@ -1,0 +1,103 @@
+"""What travels through Redis: the keys, the messages, and the one place where they are parsed.
+
+Everything read from Redis (pub/sub messages, hash entries, markers, owner beats, acks) goes through
+:func:`parse`: anything that is not the expected JSON shape, with the expected types, is logged and
+skipped (None), so garbage never ends a background task nor becomes a wrong answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+logger = logging.getLogger("tether.distributed")
+
+M = TypeVar("M", bound="Message")
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    def dumps(self) -> str:
+        return self.model_dump_json()
+
+
+class Entry(Message):
+    """``runs`` hash value: who owns the run, and for which agent."""
+
+    owner: str
+    agent: str
+
+    @staticmethod
+    def written(owner: str, agent: str) -> str:
+        """The entry as written: plain ``json.dumps``, a third of a model's cost (on every run start)."""
+        return json.dumps({"owner": owner, "agent": agent})
+
+
+class Request(Message):
+    """A cancel request: published on ``cancel:<owner>`` and stored as ``marker:<run>``."""
+
+    id: str
+    run_id: str
+    agent_id: str | None = None
+    reason: str | None = None
+    mode: Literal["immediate", "after_turn"] = "immediate"
+    grace: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+
+AckResult = Literal["cancelled", "ended", "not_found", "failed"]
+"""An outcome's value, or ``failed``: the owner could not apply the request (its log says why)."""
+
+
+class Ack(Message):
+    """The owner's answer to one request, published on ``ack:<request>``."""
+
+    result: AckResult
+
+
+class Beat(Message):
+    """``owner:<owner>``: the owner's heartbeat settings, in seconds (the key expires after ``ttl``)."""
+
+    interval: float = Field(gt=0, allow_inf_nan=False)
+    ttl: float = Field(gt=0, allow_inf_nan=False)
+
+
+def parse(kind: type[M], raw: object, where: str) -> M | None:
+    """``raw`` (bytes or str of JSON, read at ``where``) as a ``kind``; None, logged, if it is not one."""
+    try:
+        if not isinstance(raw, (bytes, str)):
+            raise TypeError(f"expected bytes, got {type(raw).__name__}")
+        return kind.model_validate_json(raw)
+    except (ValidationError, TypeError, ValueError) as exc:
+        logger.warning("skipped a malformed %s at %s in Redis: %r (%s)", kind.__name__, where, raw, _why(exc))
+        return None
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        error = exc.errors()[0]
+        return f"{'.'.join(map(str, error['loc'])) or 'value'}: {error['msg']}"
+    return str(exc)
+
+
+class Keys:
+    """The key names under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.runs = prefix + "runs"
+
+    def owner(self, owner: str) -> str:
+        return f"{self.prefix}owner:{owner}"
+
+    def cancel(self, owner: str) -> str:
+        return f"{self.prefix}cancel:{owner}"
+
+    def ack(self, request_id: str) -> str:
+        return f"{self.prefix}ack:{request_id}"
+
+    def marker(self, run_id: str) -> str:
+        return f"{self.prefix}marker:{run_id}"
