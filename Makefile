@@ -17,7 +17,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/cancel_run.py
 
-test: $(STAMP)
+# tether (no extras) in a venv per other CPython the machine has (pyenv's 3.12 and 3.13), for the
+# interpreter-exit test (tests/run/test_interpreter_exit.py); nothing to do where there are none.
+OTHER_STAMP := .venv-other/.installed
+$(OTHER_STAMP): pyproject.toml
+	mkdir -p .venv-other
+	for py in $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1[23]*/bin/python3 2>/dev/null); do \
+		v=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])') && \
+		$$py -m venv --clear .venv-other/$$v && \
+		.venv-other/$$v/bin/python -m pip install -q -e . || exit 1; \
+	done
+	touch $(OTHER_STAMP)
+
+test: $(STAMP) $(OTHER_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The bench-only virtualenv: tether plus the baselines (Agno) and matplotlib for the chart.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import Callable
 from types import TracebackType
@@ -171,8 +170,12 @@ class RunStream:
             return
         loop = self.handle.loop
         if loop is not None:
-            with contextlib.suppress(RuntimeError):  # its loop is closed: the run ended with it
+            try:
                 loop.call_soon_threadsafe(_consumer_dropped, self.handle, state.channel)
+            except RuntimeError:
+                # Its loop is closed (interpreter exit): the run ended with it and nothing can touch
+                # the channel any more; closing our end only flips its flags (no lock, no I/O).
+                state.channel.receive.close()
 
     def _start(self) -> RunState:
         state = self._state = self._make_state(self.handle)

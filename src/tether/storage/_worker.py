@@ -58,7 +58,10 @@ class SerialWorker:
         its turn) after its caller is cancelled: for work that must happen, like closing a file.
         """
         job = Job(fn, asyncio.get_running_loop())
-        self._submit(job)
+        if not self._submit(job):
+            # No thread can start (CPython 3.12.0-3.12.2 refuse new threads in every exit hook,
+            # gh-113964), and none is running, so nothing is queued before this job: run it here.
+            return fn(job)
         try:
             return await job.future
         finally:
@@ -69,18 +72,22 @@ class SerialWorker:
                 if abandonable:
                     self._abandon(job)
 
-    def _submit(self, job: Job[Any]) -> None:
+    def _submit(self, job: Job[Any]) -> bool:
+        """Queue ``job``; False when its thread was needed and could not start (at interpreter exit)."""
         with self._cond:
             self._jobs.append(job)
             if self._thread is None:
                 thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
                 try:
                     thread.start()
-                except RuntimeError as exc:  # e.g. "can't create new thread at interpreter shutdown"
+                except RuntimeError as exc:
                     self._jobs.remove(job)
-                    raise StorageError(f"{self._name}: could not start its thread: {exc}") from exc
+                    if "shutdown" not in str(exc):
+                        raise StorageError(f"{self._name}: could not start its thread: {exc}") from exc
+                    return False
                 self._thread = thread
             self._cond.notify()
+        return True
 
     def _abandon(self, job: Job[Any]) -> None:
         job.abandoned = True
