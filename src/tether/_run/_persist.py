@@ -26,10 +26,11 @@ from .._messages import Message
 from ._events import RunStatus
 from ._output import RunOutput
 from ._registry import registry
+from ._store import owner_id
 
 if TYPE_CHECKING:
-    from ..storage import Storage
     from ._state import RunState
+    from ._store import Storage
 
 logger = logging.getLogger("tether.storage")
 T = TypeVar("T")
@@ -63,7 +64,6 @@ async def prepare(state: RunState) -> None:
     The RUNNING write is a task of its own: a cancel interrupts the wait for it, not the write, and
     the final write starts only after it, so the two can never land in the wrong order.
     """
-    from ..storage._base import owner_id
     from ._finish import snapshot
 
     spec = state.spec
@@ -185,7 +185,6 @@ class Heartbeats:
         self._live[key] = self._live.get(key, 1) - 1
 
     async def _beat(self, storage: Storage, key: tuple[int, asyncio.AbstractEventLoop]) -> None:
-        from ..storage._base import owner_id
 
         interval = float(getattr(storage, "heartbeat_interval", HEARTBEAT_INTERVAL))
         stale_after = float(getattr(storage, "stale_after", 30.0))

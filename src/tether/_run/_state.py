@@ -16,9 +16,9 @@ from ._handle import RunHandle
 from ._output import RunOutput
 
 if TYPE_CHECKING:
-    from ..storage import Storage
     from ..tools._execute import ToolOutcome
     from ..tools._tool import Tool
+    from ._store import Storage
 
 
 @dataclass(frozen=True)
