@@ -5,6 +5,18 @@ was kept and the final status, and exits 130. ``tether demo`` is the "Stop butto
 streaming run that another thread cancels after a few seconds. Both run offline (on the built-in
 loopback model) when no ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` is set. ``tether serve`` serves agents
 over HTTP (see ``tether.server._serve``); SIGTERM or Ctrl-C cancels its live runs and exits 0.
+
+A failure is one line on stderr (``tether: ...``), never a traceback, and a non-zero exit code:
+
+- 1: the run ended in error, or something failed unexpectedly;
+- 2: bad usage, option or ``MODULE:ATTR``, or a missing extra;
+- 3: the server could not start (storage or Redis unreachable, port in use);
+- 130: interrupted (Ctrl-C before the run started; after, the run is stopped and reported);
+- 141: the output was closed (``tether run ... | head``): the run is cancelled and stored, as a
+  program killed by SIGPIPE would exit in a shell (128 + 13).
+
+Only the standard library is imported here: the rest is imported inside :func:`main`, so a Ctrl-C
+that comes while it loads is reported like any other.
 """
 
 from __future__ import annotations
@@ -17,15 +29,20 @@ import signal
 import sys
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
-from ._agent import Agent
-from ._run import RunEvent, RunOutput, RunStatus
-from .models.openai import OpenAIChat
-from .testing import demo_model
+if TYPE_CHECKING:
+    from ._agent import Agent
+    from ._run import RunOutput
+    from .models.base import Model
 
-EXIT_INTERRUPTED = 130
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+INTERRUPTED = "interrupted from the terminal"
+OUTPUT_CLOSED = "the output was closed"
 DEMO_PROMPT = (
     "Write a very long story about a dragon who learns to code. "
     "Make it at least 2000 words with detailed descriptions and dialogue."
@@ -33,14 +50,26 @@ DEMO_PROMPT = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tether`` console script; returns the exit code."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        return _demo(args.cancel_after)
-    if args.command == "serve":
-        return _serve(args)
-    return _run(args)
+    """Entry point of the ``tether`` console script; returns the exit code (see the module doc)."""
+    args = _parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = {"demo": _demo, "serve": _serve, "run": _run}[args.command]
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        _say("tether: interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _detach_stdout()
+        _say(f"tether: stopped: {OUTPUT_CLOSED}")
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:
+        from .exceptions import TetherError
+
+        if isinstance(exc, TetherError):
+            _say(f"tether: {exc}")
+        else:
+            _say(f"tether: unexpected error: {type(exc).__name__}: {exc}")
+        return EXIT_FAILURE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,6 +144,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ._agent import Agent
+
     with _model(args) as (model, where):
         _say(f"tether: {where}")
         agent = Agent(name="tether-cli", model=model, instructions=args.instructions)
@@ -122,7 +153,11 @@ def _run(args: argparse.Namespace) -> int:
     return _report(output)
 
 
-def _demo(cancel_after: float) -> int:
+def _demo(args: argparse.Namespace) -> int:
+    from ._agent import Agent
+    from .testing import demo_model
+
+    cancel_after: float = args.cancel_after
     with demo_model() as (model, where):
         _say(f"tether demo: {where}")
         agent = Agent(
@@ -151,7 +186,10 @@ def _demo(cancel_after: float) -> int:
 
 
 @contextlib.contextmanager
-def _model(args: argparse.Namespace) -> Iterator[tuple[OpenAIChat, str]]:
+def _model(args: argparse.Namespace) -> Iterator[tuple[Model, str]]:
+    from .models.openai import OpenAIChat
+    from .testing import demo_model
+
     if args.base_url or args.api_key or args.model:
         model = OpenAIChat(id=args.model or "gpt-5-mini", base_url=args.base_url, api_key=args.api_key)
         yield model, f"model {model.id} at {args.base_url or 'the OpenAI API'}"
@@ -161,17 +199,24 @@ def _model(args: argparse.Namespace) -> Iterator[tuple[OpenAIChat, str]]:
 
 
 async def _stream(agent: Agent, prompt: str, run_id: str | None = None) -> RunOutput:
+    """Print the run's text to stdout; Ctrl-C, or stdout closed by its reader, cancels the run."""
+    from ._run import RunEvent
+
     stream = agent.arun(prompt, stream=True, run_id=run_id)
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
-        loop.add_signal_handler(
-            signal.SIGINT, lambda: agent.cancel_run(stream.run_id, reason="interrupted from the terminal")
-        )
+        loop.add_signal_handler(signal.SIGINT, lambda: agent.cancel_run(stream.run_id, reason=INTERRUPTED))
+    writing = True
     try:
         async for event in stream:
-            if event.event == RunEvent.run_content:
-                sys.stdout.write(event.content or "")
-                sys.stdout.flush()
+            if writing and event.event == RunEvent.run_content:
+                try:
+                    sys.stdout.write(event.content or "")
+                    sys.stdout.flush()
+                except BrokenPipeError:  # e.g. `| head`: stop the run, keep what was written, say so
+                    writing = False
+                    _detach_stdout()
+                    agent.cancel_run(stream.run_id, reason=OUTPUT_CLOSED)
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
@@ -180,19 +225,33 @@ async def _stream(agent: Agent, prompt: str, run_id: str | None = None) -> RunOu
 
 
 def _report(output: RunOutput) -> int:
+    from ._run import RunStatus
+
+    if output.status is RunStatus.cancelled and output.cancel_reason == OUTPUT_CLOSED:
+        _say(f"tether: stopped run {output.run_id}: {OUTPUT_CLOSED}; kept {len(output.content)} chars")
+        return EXIT_BROKEN_PIPE
     _say(f"\n\n--- run {output.run_id}: {output.status.value}")
     if output.status is RunStatus.cancelled:
         kept = len(output.content)
         _say(f"--- cancelled by {output.cancel_source} ({output.cancel_reason}); kept {kept} chars")
-        return EXIT_INTERRUPTED if output.cancel_reason == "interrupted from the terminal" else 0
+        return EXIT_INTERRUPTED if output.cancel_reason == INTERRUPTED else 0
     if output.status is RunStatus.error:
         _say(f"--- error ({output.error_type}): {output.error}")
-        return 1
+        return EXIT_FAILURE
     return 0
 
 
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered for a closed pipe cannot fail again at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError):  # stderr closed too: nothing left to tell
+        print(text, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
