@@ -135,7 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:  # fastapi and uvicorn come with the optional server extra
         from .server._serve import ServeSettings, serve
     except ModuleNotFoundError as exc:
-        _say(f"tether serve needs the server extra (pip install 'tether[server]'): {exc}")
+        _say(f"tether: serve needs the server extra: pip install 'tether[server]' ({exc})")
         return EXIT_USAGE
     if args.redis_url:
         os.environ["TETHER_REDIS_URL"] = args.redis_url  # read by create_app, in every worker too

@@ -265,8 +265,9 @@ def _build(
         )
     except (ConfigurationError, StorageError) as exc:  # a bad URL or path: checked before any I/O
         raise TargetError(str(exc)) from None
-    except ModuleNotFoundError as exc:  # a storage URL whose driver is an extra not installed
-        raise TargetError(missing_extra(exc) or str(exc)) from None
+    except ImportError as exc:  # a storage URL whose driver is an extra not installed
+        hint = missing_extra(exc) if isinstance(exc, ModuleNotFoundError) else None
+        raise TargetError(hint or str(exc)) from None
     return app, demo
 
 
