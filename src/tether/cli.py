@@ -10,13 +10,15 @@ A failure is one line on stderr (``tether: ...``), never a traceback, and a non-
 
 - 1: the run ended in error, or something failed unexpectedly;
 - 2: bad usage, option or ``MODULE:ATTR``, or a missing extra;
-- 3: the server could not start (storage or Redis unreachable, port in use);
+- 3: the server could not start (storage unreachable, port in use, a bad Redis URL; an
+  unreachable Redis is logged in one line and the server starts: local runs and cancels go on);
 - 130: interrupted (Ctrl-C before the run started; after, the run is stopped and reported);
 - 141: the output was closed (``tether run ... | head``): the run is cancelled and stored, as a
   program killed by SIGPIPE would exit in a shell (128 + 13).
 
 Only the standard library is imported here: the rest is imported inside :func:`main`, so a Ctrl-C
-that comes while it loads is reported like any other.
+while it loads is reported like any other. (``tether/__init__`` itself loads first, before ``main``
+exists: a Ctrl-C in those first ~0.2 s is still Python's own KeyboardInterrupt traceback.)
 """
 
 from __future__ import annotations
