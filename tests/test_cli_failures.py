@@ -20,7 +20,6 @@ import pytest
 
 from tether.testing import LoopbackServer, Reply, story_chunks
 
-ROOT = Path(__file__).resolve().parent.parent
 HIDDEN = (
     "OPENAI_API_KEY",
     "OPENAI_BASE_URL",
@@ -32,11 +31,16 @@ ENV = {k: v for k, v in os.environ.items() if k not in HIDDEN}
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and pipes")
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each command runs in a folder of its own: a default ``tether.db`` lands there."""
+    monkeypatch.chdir(tmp_path)
+
+
 def tether(*args: str, env: dict[str, str] | None = None, **popen: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-W", "error", "-m", "tether", *args],
         env={**ENV, **(env or {})},
-        cwd=ROOT,
         text=True,
         **popen,  # type: ignore[call-overload]
     )
@@ -178,6 +182,44 @@ def test_serve_without_an_extra_names_it(blocked: str, args: list[str], line: st
         "sys.exit(main(sys.argv[1:]))"
     )
     command = [sys.executable, "-W", "error", "-c", script, "serve", *args, "--port", str(closed_port())]
-    proc = subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=60)
     assert proc.returncode == code, proc.stderr
     assert proc.stderr == f"tether: {line}\n"
+
+
+def test_serve_with_an_unreachable_redis_says_so_in_one_line_and_serves() -> None:
+    import httpx
+
+    redis_url = f"redis://127.0.0.1:{closed_port()}/0"
+    port = closed_port()
+    proc = tether("serve", "--redis-url", redis_url, "--port", str(port),
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    try:
+
+        def up() -> bool:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if redis_url in line]) == 1, err
+
+
+def test_tether_demo_into_a_closed_pipe_is_one_line_exit_141() -> None:
+    read_end, write_end = os.pipe()
+    proc = tether("demo", "--cancel-after", "20", stdout=write_end, stderr=subprocess.PIPE)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        assert reader.read(100).startswith(b"\n\nChapter 1.")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 141, err
+    lines = err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("tether demo: offline"), err
+    assert lines[1].startswith("tether: stopped run demo-") and ": the output was closed; kept " in lines[1]
