@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,3 +224,30 @@ def test_tether_demo_into_a_closed_pipe_is_one_line_exit_141() -> None:
     lines = err.splitlines()
     assert len(lines) == 2 and lines[0].startswith("tether demo: offline"), err
     assert lines[1].startswith("tether: stopped run demo-") and ": the output was closed; kept " in lines[1]
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_a_signal_while_the_storage_connects_stops_at_once(sig: signal.Signals, code: int) -> None:
+    """PostgreSQL that accepts the connection and never answers: the signal does not wait for it."""
+    connected = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+
+        def accept() -> None:
+            conn, _ = silent.accept()
+            with conn:
+                connected.set()
+                while conn.recv(1024):  # until the client goes away; never an answer
+                    pass
+
+        thread = threading.Thread(target=accept, name="silent-postgres")
+        thread.start()
+        url = f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/test"
+        proc = tether("serve", "--storage", url, "--port", str(closed_port()),
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        assert connected.wait(20)
+        proc.send_signal(sig)
+        started = time.monotonic()
+        _, err = proc.communicate(timeout=20)
+        assert time.monotonic() - started < 3  # not the connect timeout
+        thread.join(10)
+    assert (proc.returncode, err) == (code, "tether: stopped before the server started\n")

@@ -52,6 +52,7 @@ SHUTDOWN_REASON = "server shutting down"
 # non-run requests. The lifespan then waits (up to SHUTDOWN_WAIT) for the runs to be stored.
 GRACEFUL_SHUTDOWN = 5
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DEMO_ID = "storyteller"
 
@@ -206,6 +207,9 @@ def _serve_one(loaded: Target | None, settings: ServeSettings, host: str, port: 
         )
         server = _Server(config, banner)
         server.run([sock])
+    if server.stopped_by is not None:
+        _say("tether: stopped before the server started")
+        return EXIT_INTERRUPTED if server.stopped_by == signal.SIGINT else 0
     return 0 if server.started else STARTUP_FAILURE
 
 
@@ -275,18 +279,34 @@ class _Server(uvicorn.Server):
     """uvicorn's server, whose shutdown signal first cancels the live runs, and which exits cleanly.
 
     It runs the app's lifespan itself, around uvicorn's (``lifespan="off"``): a failure to start is
-    then a :class:`StartupError`, one line, and ``banner`` is printed only once the app is up.
+    then a :class:`StartupError`, one line, and ``banner`` is printed only once the app is up. A
+    shutdown signal while the app starts (e.g. connecting to a storage that does not answer) stops
+    the start at once: ``stopped_by`` is then that signal.
     """
 
     def __init__(self, config: uvicorn.Config, banner: list[str]) -> None:
         super().__init__(config)
         self.banner = banner
+        self.stopped_by: int | None = None
+        self._starting: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
 
     async def serve(self, sockets: list[Any] | None = None) -> None:
-        async with started(cast(FastAPI, self.config.app)):
-            for line in self.banner:
-                _say(line)
-            await super().serve(sockets)
+        task = asyncio.current_task()
+        assert task is not None
+        self._starting = (asyncio.get_running_loop(), task)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    await stack.enter_async_context(started(cast(FastAPI, self.config.app)))
+                finally:
+                    self._starting = None
+                for line in self.banner:
+                    _say(line)
+                await super().serve(sockets)
+        except asyncio.CancelledError:
+            if self.stopped_by is None:
+                raise
+            task.uncancel()  # the cancel was ours, for the signal: the start is over, nothing failed
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         _cancel_live_runs_soon()
@@ -301,6 +321,11 @@ class _Server(uvicorn.Server):
 
     def _exit_requested(self, sig: int, frame: FrameType | None) -> None:
         self.should_exit = True
+        if self._starting is not None:  # a signal handler: only schedule the cancel on the loop
+            self.stopped_by = sig
+            loop, task = self._starting
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(task.cancel)
 
 
 def _chain_signal_handlers() -> None:
