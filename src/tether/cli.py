@@ -1,10 +1,11 @@
 """The ``tether`` command: ``tether demo``, ``tether run "PROMPT"`` and ``tether serve [MODULE:ATTR]``.
 
 ``tether run`` streams the answer to the terminal; Ctrl-C stops the run gracefully, prints what
-was kept and the final status, and exits 130. ``tether demo`` is the "Stop button" scenario: a
-streaming run that another thread cancels after a few seconds. Both run offline (on the built-in
-loopback model) when no ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` is set. ``tether serve`` serves agents
-over HTTP (see ``tether.server._serve``); SIGTERM or Ctrl-C cancels its live runs and exits 0.
+was kept and the final status, and exits 130 (a second Ctrl-C stops at once). ``tether demo`` is
+the "Stop button" scenario: a streaming run that another thread cancels after a few seconds. Both
+run offline (on the built-in loopback model) when no ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` is set.
+``tether serve`` serves agents over HTTP (see ``tether.server._serve``); SIGTERM or Ctrl-C cancels
+its live runs and exits 0.
 
 A failure is one line on stderr (``tether: ...``), never a traceback, and a non-zero exit code:
 
@@ -26,19 +27,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from ._agent import Agent
     from ._run import RunOutput
     from .models.base import Model
 
+T = TypeVar("T")
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -56,7 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command: Callable[[argparse.Namespace], int] = {"demo": _demo, "serve": _serve, "run": _run}[args.command]
     try:
-        return command(args)
+        if args.command == "serve":  # it handles its signals itself once the server starts
+            return command(args)
+        with _INTERRUPTS.installed():
+            return command(args)
     except KeyboardInterrupt:
         _say("tether: interrupted")
         return EXIT_INTERRUPTED
@@ -72,6 +78,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             _say(f"tether: unexpected error: {type(exc).__name__}: {exc}")
         return EXIT_FAILURE
+
+
+class _Interrupts:
+    """Ctrl-C for ``tether run`` and ``tether demo``, handled at points of our choosing.
+
+    Python's own handler raises KeyboardInterrupt wherever the main thread is, even inside asyncio
+    building its event loop, which then complains at exit. This one only counts, and while a run
+    is live asks the run's event loop to cancel it (``call_soon_threadsafe``: a signal handler must
+    not take the locks a cancel takes). Before the run, :meth:`check` raises at the next safe point.
+    A second Ctrl-C raises KeyboardInterrupt at once, for a run that will not stop.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._cancel: Callable[[], object] | None = None
+
+    def __call__(self, sig: int, frame: object) -> None:
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
+        if self._cancel is not None:
+            self._cancel()
+
+    def check(self) -> None:
+        if self.count:
+            raise KeyboardInterrupt
+
+    def live(self, cancel: Callable[[], object] | None) -> None:
+        """``cancel`` is what a Ctrl-C does now (None: the run is over); done at once if one came."""
+        self._cancel = cancel
+        if cancel is not None and self.count:
+            cancel()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # only the main thread has signal handlers
+            return
+        previous = signal.signal(signal.SIGINT, self)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+_INTERRUPTS = _Interrupts()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -151,7 +203,7 @@ def _run(args: argparse.Namespace) -> int:
     with _model(args) as (model, where):
         _say(f"tether: {where}")
         agent = Agent(name="tether-cli", model=model, instructions=args.instructions)
-        output = asyncio.run(_stream(agent, args.prompt))
+        output = _until_done(_stream(agent, args.prompt))
     return _report(output)
 
 
@@ -180,7 +232,7 @@ def _demo(args: argparse.Namespace) -> int:
         canceller = threading.Thread(target=cancel_later, name="CancelThread")
         canceller.start()
         try:
-            output = asyncio.run(_stream(agent, DEMO_PROMPT, run_id=run_id))
+            output = _until_done(_stream(agent, DEMO_PROMPT, run_id=run_id))
         finally:
             stop.set()
             canceller.join()
@@ -204,10 +256,11 @@ async def _stream(agent: Agent, prompt: str, run_id: str | None = None) -> RunOu
     """Print the run's text to stdout; Ctrl-C, or stdout closed by its reader, cancels the run."""
     from ._run import RunEvent
 
+    _INTERRUPTS.check()
     stream = agent.arun(prompt, stream=True, run_id=run_id)
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
-        loop.add_signal_handler(signal.SIGINT, lambda: agent.cancel_run(stream.run_id, reason=INTERRUPTED))
+    cancel = functools.partial(agent.cancel_run, stream.run_id, reason=INTERRUPTED)
+    _INTERRUPTS.live(lambda: loop.call_soon_threadsafe(cancel))
     writing = True
     try:
         async for event in stream:
@@ -220,10 +273,17 @@ async def _stream(agent: Agent, prompt: str, run_id: str | None = None) -> RunOu
                     _detach_stdout()
                     agent.cancel_run(stream.run_id, reason=OUTPUT_CLOSED)
     finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGINT)
+        _INTERRUPTS.live(None)
     assert stream.output is not None
     return stream.output
+
+
+def _until_done(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coro)``; a Ctrl-C before the loop started it leaves no "never awaited" warning."""
+    try:
+        return asyncio.run(coro)
+    finally:
+        coro.close()  # a no-op once it ran
 
 
 def _report(output: RunOutput) -> int:

@@ -219,7 +219,11 @@ def _serve_workers(loaded: Target | None, settings: ServeSettings, host: str, po
         # agents; each worker builds its own.
         with contextlib.ExitStack() as resources:
             app, demo = _build(loaded, settings, resources)
-            asyncio.run(check(app))
+            checking = check(app)
+            try:
+                asyncio.run(checking)
+            finally:
+                checking.close()  # not started if a Ctrl-C came first: no "never awaited" warning
         if demo:
             _say("tether: no MODULE:ATTR given: each worker serves a demo agent on the built-in model")
         # An app target was configured by its module (maybe from these very variables): only name it.
