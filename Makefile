@@ -31,9 +31,9 @@ $(LOWEST_STAMP): pyproject.toml constraints/lowest.txt
 	$(LOWEST_VENV)/bin/python -m pip install -q -c constraints/lowest.txt -e '.[test]'
 	touch $(LOWEST_STAMP)
 
-# The engine, adapters, storage and server suites on those lowest versions.
+# The engine, adapters, storage, server, Redis and tools suites on those lowest versions.
 test-lowest: $(LOWEST_STAMP)
-	$(LOWEST_VENV)/bin/python -m pytest tests/run tests/models tests/storage tests/server $(PYTEST_ARGS)
+	$(LOWEST_VENV)/bin/python -m pytest tests/run tests/models tests/storage tests/server tests/distributed tests/tools $(PYTEST_ARGS)
 
 # The bench-only virtualenv: tether plus the baselines (Agno) and matplotlib for the chart.
 $(BENCH_STAMP): pyproject.toml bench/requirements.txt

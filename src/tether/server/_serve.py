@@ -8,7 +8,7 @@ turn. So the signal itself cancels every live run (``source="shutdown"``). In on
 variables; that factory runs after the worker installed its signal handlers and chains the same
 step in front of them.
 
-Start-up failures (port in use, storage or Redis unreachable) are one line and exit code 3: see
+Start-up failures (port in use, storage unreachable, a bad Redis URL) are one line and exit code 3: see
 ``tether.server._startup``, which binds the socket and runs the app's lifespan before uvicorn does.
 """
 
@@ -112,7 +112,7 @@ def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 7777,
     """Serve until SIGTERM or Ctrl-C, then return the exit code (0 after a signal).
 
     A bad target or option is one line on stderr and exit code 2; a server that cannot start (port
-    in use, storage or Redis unreachable) one line and exit code 3. On the signal every live run is
+    in use, storage unreachable) one line and exit code 3. On the signal every live run is
     cancelled at once (``source="shutdown"``) and stored before the process ends.
 
     Example::
