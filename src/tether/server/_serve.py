@@ -38,7 +38,7 @@ from ..storage import storage_from_url
 from ..testing import demo_model
 from ._app import DEFAULT_STORAGE_URL, create_app
 from ._sse import DisconnectPolicy
-from ._startup import STARTUP_FAILURE, StartupError, bind, check, missing_extra, started
+from ._startup import STARTUP_FAILURE, StartupError, bind, check, log_leftover, missing_extra, started
 
 logger = logging.getLogger("tether.server")
 
@@ -329,6 +329,7 @@ class _Server(uvicorn.Server):
             self.stopped_by = sig
             loop, task = self._starting
             with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(loop.set_exception_handler, log_leftover)
                 loop.call_soon_threadsafe(task.cancel)
 
 

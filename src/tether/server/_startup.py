@@ -9,16 +9,30 @@ with several workers the parent runs the lifespan once (:func:`check`) before it
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 from uvicorn.config import STARTUP_FAILURE
 
 from ..exceptions import TetherError
 
-__all__ = ["STARTUP_FAILURE", "StartupError", "bind", "check", "missing_extra", "one_line", "started"]
+__all__ = [
+    "STARTUP_FAILURE",
+    "StartupError",
+    "bind",
+    "check",
+    "log_leftover",
+    "missing_extra",
+    "one_line",
+    "started",
+]
+
+logger = logging.getLogger("tether.server")
 EXTRAS = {"asyncpg": "postgres", "redis": "redis", "fastapi": "server", "uvicorn": "server"}
 """The extra that brings each optional module tether imports."""
 
@@ -71,3 +85,12 @@ def missing_extra(exc: ModuleNotFoundError) -> str | None:
     top = (exc.name or "").partition(".")[0]
     extra = EXTRAS.get(top)
     return f"{top} is not installed: pip install 'tether[{extra}]'" if extra else None
+
+
+def log_leftover(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """What a start stopped halfway leaves behind goes to the debug log, not to the terminal.
+
+    asyncpg's TLS upgrade, cancelled while it waits for the server, drops a future holding
+    ``ConnectionError('unexpected connection_lost() call')`` that nobody awaits.
+    """
+    logger.debug("left by the stopped start: %s", context.get("message"), exc_info=context.get("exception"))
