@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
+LOWEST_VENV := .venv-lowest
+LOWEST_STAMP := $(LOWEST_VENV)/.installed
 
-.PHONY: demo test bench lint typecheck check clean
+.PHONY: demo test test-lowest bench lint typecheck check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +33,19 @@ $(OTHER_STAMP): pyproject.toml
 
 test: $(STAMP) $(OTHER_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The lowest version of every dependency pyproject.toml allows, each pinned in constraints/lowest.txt
+# (tests/test_dependencies.py keeps the two equal); the test tools come at their newest.
+$(LOWEST_STAMP): pyproject.toml constraints/lowest.txt
+	rm -rf $(LOWEST_VENV)
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOWEST_VENV)/bin/python -m pip install -q -c constraints/lowest.txt -e '.[test]'
+	touch $(LOWEST_STAMP)
+
+# The engine, adapters, storage, server, Redis and tools suites on those lowest versions.
+test-lowest: $(LOWEST_STAMP)
+	$(LOWEST_VENV)/bin/python -m pytest tests/run tests/models tests/storage tests/server tests/distributed tests/tools $(PYTEST_ARGS)
 
 # The bench-only virtualenv: tether plus the baselines (Agno) and matplotlib for the chart.
 $(BENCH_STAMP): pyproject.toml bench/requirements.txt
@@ -60,4 +75,4 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) bench/results build dist .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(LOWEST_VENV) bench/results build dist .mypy_cache .ruff_cache

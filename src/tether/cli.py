@@ -1,10 +1,25 @@
 """The ``tether`` command: ``tether demo``, ``tether run "PROMPT"`` and ``tether serve [MODULE:ATTR]``.
 
 ``tether run`` streams the answer to the terminal; Ctrl-C stops the run gracefully, prints what
-was kept and the final status, and exits 130. ``tether demo`` is the "Stop button" scenario: a
-streaming run that another thread cancels after a few seconds. Both run offline (on the built-in
-loopback model) when no ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` is set. ``tether serve`` serves agents
-over HTTP (see ``tether.server._serve``); SIGTERM or Ctrl-C cancels its live runs and exits 0.
+was kept and the final status, and exits 130 (a second Ctrl-C stops at once). ``tether demo`` is
+the "Stop button" scenario: a streaming run that another thread cancels after a few seconds. Both
+run offline (on the built-in loopback model) when no ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` is set.
+``tether serve`` serves agents over HTTP (see ``tether.server._serve``); SIGTERM or Ctrl-C cancels
+its live runs and exits 0.
+
+A failure is one line on stderr (``tether: ...``), never a traceback, and a non-zero exit code:
+
+- 1: the run ended in error, or something failed unexpectedly;
+- 2: bad usage, option or ``MODULE:ATTR``, or a missing extra;
+- 3: the server could not start (storage unreachable, port in use, a bad Redis URL; an
+  unreachable Redis is logged in one line and the server starts: local runs and cancels go on);
+- 130: interrupted (Ctrl-C before the run started; after, the run is stopped and reported);
+- 141: the output was closed (``tether run ... | head``): the run is cancelled and stored, as a
+  program killed by SIGPIPE would exit in a shell (128 + 13).
+
+Only the standard library is imported here: the rest is imported inside :func:`main`, so a Ctrl-C
+while it loads is reported like any other. (``tether/__init__`` itself loads first, before ``main``
+exists: a Ctrl-C in those first ~0.2 s is still Python's own KeyboardInterrupt traceback.)
 """
 
 from __future__ import annotations
@@ -12,20 +27,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sys
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._agent import Agent
-from ._run import RunEvent, RunOutput, RunStatus
-from .models.openai import OpenAIChat
-from .testing import demo_model
+if TYPE_CHECKING:
+    from ._agent import Agent
+    from ._run import RunOutput
+    from .models.base import Model
 
-EXIT_INTERRUPTED = 130
+T = TypeVar("T")
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+INTERRUPTED = "interrupted from the terminal"
+OUTPUT_CLOSED = "the output was closed"
 DEMO_PROMPT = (
     "Write a very long story about a dragon who learns to code. "
     "Make it at least 2000 words with detailed descriptions and dialogue."
@@ -33,14 +55,75 @@ DEMO_PROMPT = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tether`` console script; returns the exit code."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        return _demo(args.cancel_after)
-    if args.command == "serve":
-        return _serve(args)
-    return _run(args)
+    """Entry point of the ``tether`` console script; returns the exit code (see the module doc)."""
+    args = _parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = {"demo": _demo, "serve": _serve, "run": _run}[args.command]
+    try:
+        if args.command == "serve":  # it handles its signals itself once the server starts
+            return command(args)
+        with _INTERRUPTS.installed():
+            return command(args)
+    except KeyboardInterrupt:
+        _say("tether: interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _detach_stdout()
+        _say(f"tether: stopped: {OUTPUT_CLOSED}")
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:
+        from .exceptions import TetherError
+
+        if isinstance(exc, TetherError):
+            _say(f"tether: {exc}")
+        else:
+            _say(f"tether: unexpected error: {type(exc).__name__}: {exc}")
+        return EXIT_FAILURE
+
+
+class _Interrupts:
+    """Ctrl-C for ``tether run`` and ``tether demo``, handled at points of our choosing.
+
+    Python's own handler raises KeyboardInterrupt wherever the main thread is, even inside asyncio
+    building its event loop, which then complains at exit. This one only counts, and while a run
+    is live asks the run's event loop to cancel it (``call_soon_threadsafe``: a signal handler must
+    not take the locks a cancel takes). Before the run, :meth:`check` raises at the next safe point.
+    A second Ctrl-C raises KeyboardInterrupt at once, for a run that will not stop.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._cancel: Callable[[], object] | None = None
+
+    def __call__(self, sig: int, frame: object) -> None:
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
+        if self._cancel is not None:
+            self._cancel()
+
+    def check(self) -> None:
+        if self.count:
+            raise KeyboardInterrupt
+
+    def live(self, cancel: Callable[[], object] | None) -> None:
+        """``cancel`` is what a Ctrl-C does now (None: the run is over); done at once if one came."""
+        self._cancel = cancel
+        if cancel is not None and self.count:
+            cancel()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # only the main thread has signal handlers
+            return
+        previous = signal.signal(signal.SIGINT, self)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+_INTERRUPTS = _Interrupts()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,7 +189,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:  # fastapi and uvicorn come with the optional server extra
         from .server._serve import ServeSettings, serve
     except ModuleNotFoundError as exc:
-        _say(f"tether serve needs the server extra (pip install 'tether[server]'): {exc}")
+        _say(f"tether: serve needs the server extra: pip install 'tether[server]' ({exc})")
         return EXIT_USAGE
     if args.redis_url:
         os.environ["TETHER_REDIS_URL"] = args.redis_url  # read by create_app, in every worker too
@@ -115,14 +198,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ._agent import Agent
+
     with _model(args) as (model, where):
         _say(f"tether: {where}")
         agent = Agent(name="tether-cli", model=model, instructions=args.instructions)
-        output = asyncio.run(_stream(agent, args.prompt))
+        output = _until_done(_stream(agent, args.prompt))
     return _report(output)
 
 
-def _demo(cancel_after: float) -> int:
+def _demo(args: argparse.Namespace) -> int:
+    from ._agent import Agent
+    from .testing import demo_model
+
+    cancel_after: float = args.cancel_after
     with demo_model() as (model, where):
         _say(f"tether demo: {where}")
         agent = Agent(
@@ -143,7 +232,7 @@ def _demo(cancel_after: float) -> int:
         canceller = threading.Thread(target=cancel_later, name="CancelThread")
         canceller.start()
         try:
-            output = asyncio.run(_stream(agent, DEMO_PROMPT, run_id=run_id))
+            output = _until_done(_stream(agent, DEMO_PROMPT, run_id=run_id))
         finally:
             stop.set()
             canceller.join()
@@ -151,7 +240,10 @@ def _demo(cancel_after: float) -> int:
 
 
 @contextlib.contextmanager
-def _model(args: argparse.Namespace) -> Iterator[tuple[OpenAIChat, str]]:
+def _model(args: argparse.Namespace) -> Iterator[tuple[Model, str]]:
+    from .models.openai import OpenAIChat
+    from .testing import demo_model
+
     if args.base_url or args.api_key or args.model:
         model = OpenAIChat(id=args.model or "gpt-5-mini", base_url=args.base_url, api_key=args.api_key)
         yield model, f"model {model.id} at {args.base_url or 'the OpenAI API'}"
@@ -161,38 +253,67 @@ def _model(args: argparse.Namespace) -> Iterator[tuple[OpenAIChat, str]]:
 
 
 async def _stream(agent: Agent, prompt: str, run_id: str | None = None) -> RunOutput:
+    """Print the run's text to stdout; Ctrl-C, or stdout closed by its reader, cancels the run."""
+    from ._run import RunEvent
+
+    _INTERRUPTS.check()
     stream = agent.arun(prompt, stream=True, run_id=run_id)
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
-        loop.add_signal_handler(
-            signal.SIGINT, lambda: agent.cancel_run(stream.run_id, reason="interrupted from the terminal")
-        )
+    cancel = functools.partial(agent.cancel_run, stream.run_id, reason=INTERRUPTED)
+    _INTERRUPTS.live(lambda: loop.call_soon_threadsafe(cancel))
+    writing = True
     try:
         async for event in stream:
-            if event.event == RunEvent.run_content:
-                sys.stdout.write(event.content or "")
-                sys.stdout.flush()
+            if writing and event.event == RunEvent.run_content:
+                try:
+                    sys.stdout.write(event.content or "")
+                    sys.stdout.flush()
+                except BrokenPipeError:  # e.g. `| head`: stop the run, keep what was written, say so
+                    writing = False
+                    _detach_stdout()
+                    agent.cancel_run(stream.run_id, reason=OUTPUT_CLOSED)
     finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGINT)
+        _INTERRUPTS.live(None)
     assert stream.output is not None
     return stream.output
 
 
+def _until_done(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coro)``; a Ctrl-C before the loop started it leaves no "never awaited" warning."""
+    try:
+        return asyncio.run(coro)
+    finally:
+        coro.close()  # a no-op once it ran
+
+
 def _report(output: RunOutput) -> int:
+    from ._run import RunStatus
+
+    if output.status is RunStatus.cancelled and output.cancel_reason == OUTPUT_CLOSED:
+        _say(f"tether: stopped run {output.run_id}: {OUTPUT_CLOSED}; kept {len(output.content)} chars")
+        return EXIT_BROKEN_PIPE
     _say(f"\n\n--- run {output.run_id}: {output.status.value}")
     if output.status is RunStatus.cancelled:
         kept = len(output.content)
         _say(f"--- cancelled by {output.cancel_source} ({output.cancel_reason}); kept {kept} chars")
-        return EXIT_INTERRUPTED if output.cancel_reason == "interrupted from the terminal" else 0
+        return EXIT_INTERRUPTED if output.cancel_reason == INTERRUPTED else 0
     if output.status is RunStatus.error:
         _say(f"--- error ({output.error_type}): {output.error}")
-        return 1
+        return EXIT_FAILURE
     return 0
 
 
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered for a closed pipe cannot fail again at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError):  # stderr closed too: nothing left to tell
+        print(text, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

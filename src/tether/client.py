@@ -4,6 +4,12 @@ Events come back as the library's own event classes; errors as :class:`~tether.A
 server's ``error_code``. Leaving a stream early closes the HTTP response, which (by default) cancels
 the run on the server with ``source="consumer"``.
 
+Every failure is an :class:`~tether.APIError` raised ``from`` the original: no answer or a broken
+connection (``status_code`` None), an error answer (its status and ``error_code``), an answer that
+is not what the API promises (bad JSON, an unknown event, a stream that ends before the run's
+terminal event). Streams are parsed as the SSE specification says (``httpx-sse``): lines end only at
+CR, LF or CRLF, so U+2028, U+2029 or U+0085 in a model's text come back as they were sent.
+
 Example::
 
     async with AsyncTetherClient("http://127.0.0.1:7777", security_key="s3cret") as client:
@@ -14,12 +20,14 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
+from httpx_sse import EventSource, SSEError
 from pydantic import TypeAdapter
 
 from ._background_loop import background_loop
@@ -30,7 +38,12 @@ from .exceptions import APIError
 
 __all__ = ["AsyncTetherClient", "TetherClient"]
 
+T = TypeVar("T")
+
 _EVENTS: TypeAdapter[BaseRunEvent] = TypeAdapter(RunOutputEvent)
+_AGENTS = TypeAdapter(list[AgentInfo])
+_OUTPUT = TypeAdapter(RunOutput)
+_CANCEL = TypeAdapter(CancelResult)
 
 
 class AsyncTetherClient:
@@ -43,25 +56,35 @@ class AsyncTetherClient:
         self._http = LoopBound(make, lambda client: client.aclose())
 
     async def list_agents(self) -> list[AgentInfo]:
-        return [AgentInfo.model_validate(a) for a in await self._json("GET", "/agents")]
+        """The agents the server serves. Raises APIError."""
+        return await self._json(_AGENTS, "GET", "/agents")
 
     async def run(self, agent_id: str, message: str, **fields: str | None) -> RunOutput:
-        """Run to the end and return the RunOutput (``session_id``, ``user_id``, ``run_id`` optional)."""
+        """Run to the end and return the RunOutput (``session_id``, ``user_id``, ``run_id`` optional).
+
+        Raises APIError (the run itself failing is not an error here: its output says ``ERROR``).
+        """
         data = {"message": message, "stream": "false", **_present(fields)}
-        return RunOutput.model_validate(await self._json("POST", f"/agents/{agent_id}/runs", data=data))
+        return await self._json(_OUTPUT, "POST", f"/agents/{agent_id}/runs", data=data)
 
     async def stream(
         self, agent_id: str, message: str, **fields: str | None
     ) -> AsyncGenerator[BaseRunEvent, None]:
-        """The run's events as they happen, ending with its terminal event."""
+        """The run's events as they happen, ending with its terminal event. Raises APIError.
+
+        Leaving early (``break``, ``aclose()``) closes the response: the server then cancels the run
+        (``source="consumer"``) unless it was started with ``on_disconnect="continue"``.
+        """
         data = {"message": message, "stream": "true", **_present(fields)}
         client = await self._http.get()
-        async with client.stream("POST", f"/agents/{agent_id}/runs", data=data) as response:
-            if response.status_code != 200:
-                await response.aread()
-                raise _error(response)
-            async for event in _parse_sse(response.aiter_lines()):
-                yield event
+        path = f"/agents/{agent_id}/runs"
+        with _translated(self.base_url):
+            async with client.stream("POST", path, data=data, headers=_SSE_HEADERS) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise _error(response)
+                async for event in _events(response):
+                    yield event
 
     async def cancel_run(
         self,
@@ -76,10 +99,11 @@ class AsyncTetherClient:
         """Cancel a run; returns the 200 body (the run's status after waiting up to ``wait`` s)."""
         body = {"reason": reason, "mode": mode, "grace": grace}
         path = f"/agents/{agent_id}/runs/{run_id}/cancel"
-        return CancelResult.model_validate(await self._json("POST", path, json=body, params={"wait": wait}))
+        return await self._json(_CANCEL, "POST", path, json=body, params={"wait": wait})
 
     async def get_run(self, agent_id: str, run_id: str) -> RunOutput:
-        return RunOutput.model_validate(await self._json("GET", f"/agents/{agent_id}/runs/{run_id}"))
+        """The stored run (live runs too, as far as they got). Raises APIError (404: no such run)."""
+        return await self._json(_OUTPUT, "GET", f"/agents/{agent_id}/runs/{run_id}")
 
     async def aclose(self) -> None:
         client = await self._http.get()
@@ -93,15 +117,13 @@ class AsyncTetherClient:
     ) -> None:
         await self.aclose()
 
-    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _json(self, adapter: TypeAdapter[T], method: str, path: str, **kwargs: Any) -> T:
         client = await self._http.get()
-        try:
+        with _translated(self.base_url):
             response = await client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise APIError(f"could not reach the tether server at {self.base_url}: {exc}") from exc
-        if response.status_code >= 400:
-            raise _error(response)
-        return response.json()
+            if response.status_code >= 400:
+                raise _error(response)
+            return adapter.validate_json(response.content)
 
 
 class TetherClient:
@@ -146,14 +168,42 @@ class TetherClient:
         self.close()
 
 
-async def _parse_sse(lines: AsyncIterator[str]) -> AsyncGenerator[BaseRunEvent, None]:
-    data: list[str] = []
-    async for line in lines:
-        if line.startswith("data:"):
-            data.append(line[5:].lstrip())
-        elif not line and data:
-            yield _EVENTS.validate_json("\n".join(data))
-            data = []
+_SSE_HEADERS = {"Accept": "text/event-stream"}
+
+
+async def _events(response: httpx.Response) -> AsyncGenerator[BaseRunEvent, None]:
+    """The run events of an SSE response, up to the terminal one, which must come last."""
+    messages = EventSource(response).aiter_sse()
+    ended = False
+    try:
+        async for message in messages:
+            if ended:
+                raise ValueError(f"a {message.event!r} event came after the run's terminal event")
+            event = _EVENTS.validate_json(message.data)
+            if event.event.value != message.event:
+                raise ValueError(f"an SSE event named {message.event!r} carries a {event.event.value} event")
+            ended = event.is_terminal
+            yield event
+    finally:
+        await messages.aclose()
+    if not ended:
+        raise httpx.RemoteProtocolError("the event stream ended before the run's terminal event")
+
+
+@contextlib.contextmanager
+def _translated(base_url: str) -> Iterator[None]:
+    """The one boundary where httpx's, httpx-sse's and pydantic's errors become APIError."""
+    try:
+        yield
+    except SSEError as exc:  # before HTTPError, its base class: the answer was not an event stream
+        raise APIError(f"the tether server at {base_url} did not answer with events: {exc}") from exc
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise APIError(f"could not reach the tether server at {base_url}: {exc}") from exc
+    except httpx.HTTPError as exc:
+        detail = str(exc) or type(exc).__name__
+        raise APIError(f"the connection to the tether server at {base_url} failed: {detail}") from exc
+    except ValueError as exc:  # bad JSON or an unexpected shape (pydantic's ValidationError)
+        raise APIError(f"the tether server at {base_url} answered something unexpected: {exc}") from exc
 
 
 def _present(fields: dict[str, str | None]) -> dict[str, str]:

@@ -7,6 +7,9 @@ turn. So the signal itself cancels every live run (``source="shutdown"``). In on
 ``uvicorn.Server`` workers that build the app with :func:`app_from_env` from ``TETHER_*`` environment
 variables; that factory runs after the worker installed its signal handlers and chains the same
 step in front of them.
+
+Start-up failures (port in use, storage unreachable, a bad Redis URL) are one line and exit code 3: see
+``tether.server._startup``, which binds the socket and runs the app's lifespan before uvicorn does.
 """
 
 from __future__ import annotations
@@ -26,16 +29,16 @@ from typing import Any, cast
 
 import uvicorn
 from fastapi import FastAPI
-from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from .._agent import Agent
 from .._run import registry
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, StorageError
 from ..storage import storage_from_url
 from ..testing import demo_model
 from ._app import DEFAULT_STORAGE_URL, create_app
 from ._disconnect import DisconnectPolicy
+from ._startup import STARTUP_FAILURE, StartupError, bind, check, log_leftover, missing_extra, started
 
 logger = logging.getLogger("tether.server")
 
@@ -49,6 +52,7 @@ SHUTDOWN_REASON = "server shutting down"
 # non-run requests. The lifespan then waits (up to SHUTDOWN_WAIT) for the runs to be stored.
 GRACEFUL_SHUTDOWN = 5
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DEMO_ID = "storyteller"
 
@@ -107,7 +111,8 @@ class ServeSettings:
 def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 7777, workers: int = 1) -> int:
     """Serve until SIGTERM or Ctrl-C, then return the exit code (0 after a signal).
 
-    A bad target or option is one line on stderr and exit code 2. On the signal every live run is
+    A bad target or option is one line on stderr and exit code 2; a server that cannot start (port
+    in use, storage unreachable) one line and exit code 3. On the signal every live run is
     cancelled at once (``source="shutdown"``) and stored before the process ends.
 
     Example::
@@ -131,6 +136,9 @@ def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 7777,
     except TargetError as exc:
         _say(f"tether: {exc}")
         return EXIT_USAGE
+    except StartupError as exc:
+        _say(f"tether: {exc}")
+        return STARTUP_FAILURE
 
 
 def load_target(spec: str) -> Target:
@@ -174,7 +182,9 @@ def app_from_env() -> FastAPI:
     try:
         settings = ServeSettings.from_env()
         loaded = load_target(settings.target) if settings.target else None
-        app = _build(loaded, settings, _WORKER_RESOURCES, f"worker {os.getpid()}")
+        app, demo = _build(loaded, settings, _WORKER_RESOURCES)
+        if demo:
+            _say(f"tether: worker {os.getpid()}: {demo}")
     except TargetError as exc:
         logger.error("tether: %s", exc)
         sys.exit(STARTUP_FAILURE)  # uvicorn's supervisor then stops instead of restarting us in a loop
@@ -188,62 +198,119 @@ _WORKER_RESOURCES = contextlib.ExitStack()
 
 
 def _serve_one(loaded: Target | None, settings: ServeSettings, host: str, port: int) -> int:
-    with contextlib.ExitStack() as resources:
-        app = _build(loaded, settings, resources, "")
-        _say(f"tether: serving agents {', '.join(_agent_ids(app) or [])} on {_url(host, port)}")
-        config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN)
-        server = _Server(config)
-        server.run()
+    with bind(host, port) as sock, contextlib.ExitStack() as resources:
+        app, demo = _build(loaded, settings, resources)
+        banner = [f"tether: {demo}"] if demo else []
+        banner.append(f"tether: serving agents {', '.join(_agent_ids(app) or [])} on {_url(host, port)}")
+        config = uvicorn.Config(
+            app, host=host, port=port, lifespan="off", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN
+        )
+        server = _Server(config, banner)
+        server.run([sock])
+    if server.stopped_by is not None:
+        _say("tether: stopped before the server started")
+        return EXIT_INTERRUPTED if server.stopped_by == signal.SIGINT else 0
     return 0 if server.started else STARTUP_FAILURE
 
 
 def _serve_workers(loaded: Target | None, settings: ServeSettings, host: str, port: int, n: int) -> int:
-    if loaded is None:
-        ids = [DEMO_ID]
-        _say("tether: no MODULE:ATTR given: each worker serves a demo agent on the built-in model")
-    else:
-        # Built here only to check the options and name the agents; each worker builds its own.
-        ids = _agent_ids(_build(loaded, settings, contextlib.ExitStack(), "")) or []
-    # An app target was configured by its module (maybe from these very variables): only name it.
-    environ = {TARGET_ENV: settings.target} if isinstance(loaded, FastAPI) else settings.resolved().environ()
-    for name, value in environ.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    _say(f"tether: serving agents {', '.join(ids)} on {_url(host, port)} with {n} workers")
-    config = uvicorn.Config(
-        FACTORY, factory=True, host=host, port=port, workers=n, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN
-    )
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
-    supervisor.run()
+    with bind(host, port) as sock:
+        # Built here to check the options and the start-up (its lifespan, once), and to name the
+        # agents; each worker builds its own.
+        with contextlib.ExitStack() as resources:
+            app, demo = _build(loaded, settings, resources)
+            checking = check(app)
+            try:
+                asyncio.run(checking)
+            finally:
+                checking.close()  # not started if a Ctrl-C came first: no "never awaited" warning
+        if demo:
+            _say("tether: no MODULE:ATTR given: each worker serves a demo agent on the built-in model")
+        # An app target was configured by its module (maybe from these very variables): only name it.
+        target_only = isinstance(loaded, FastAPI)
+        environ = {TARGET_ENV: settings.target} if target_only else settings.resolved().environ()
+        for name, value in environ.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        ids = ", ".join(_agent_ids(app) or [])
+        _say(f"tether: serving agents {ids} on {_url(host, port)} with {n} workers")
+        config = uvicorn.Config(
+            FACTORY,
+            factory=True,
+            host=host,
+            port=port,
+            workers=n,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        )
+        supervisor = Multiprocess(config, sockets=[sock])
+        supervisor.run()
     failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
     return STARTUP_FAILURE if failed else 0
 
 
 def _build(
-    loaded: Target | None, settings: ServeSettings, resources: contextlib.ExitStack, who: str
-) -> FastAPI:
-    """The app for ``loaded`` (the demo agent when None, its model kept open in ``resources``)."""
+    loaded: Target | None, settings: ServeSettings, resources: contextlib.ExitStack
+) -> tuple[FastAPI, str | None]:
+    """The app for ``loaded`` (the demo agent when None, its model kept open in ``resources``).
+
+    Also a note saying that the demo agent is served, and on what (None for a target).
+    """
     if isinstance(loaded, FastAPI):
-        return loaded
+        return loaded, None
+    demo = None
     if loaded is None:
         model, where = resources.enter_context(demo_model())
-        _say(f"tether: {who + ': ' if who else ''}no MODULE:ATTR given: serving a demo agent on {where}")
+        demo = f"no MODULE:ATTR given: serving a demo agent on {where}"
         loaded = [Agent(id=DEMO_ID, name="Storyteller", model=model, description="Writes long stories")]
     options = settings.resolved()
     assert options.storage_url is not None and options.on_disconnect is not None
     try:
         storage = storage_from_url(options.storage_url)
-        return create_app(
+        app = create_app(
             loaded, storage=storage, security_key=options.security_key, on_disconnect=options.on_disconnect
         )
-    except ConfigurationError as exc:
+    except (ConfigurationError, StorageError) as exc:  # a bad URL or path: checked before any I/O
         raise TargetError(str(exc)) from None
+    except ImportError as exc:  # a storage URL whose driver is an extra not installed
+        hint = missing_extra(exc) if isinstance(exc, ModuleNotFoundError) else None
+        raise TargetError(hint or str(exc)) from None
+    return app, demo
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, whose shutdown signal first cancels the live runs, and which exits cleanly."""
+    """uvicorn's server, whose shutdown signal first cancels the live runs, and which exits cleanly.
+
+    It runs the app's lifespan itself, around uvicorn's (``lifespan="off"``): a failure to start is
+    then a :class:`StartupError`, one line, and ``banner`` is printed only once the app is up. A
+    shutdown signal while the app starts (e.g. connecting to a storage that does not answer) stops
+    the start at once: ``stopped_by`` is then that signal.
+    """
+
+    def __init__(self, config: uvicorn.Config, banner: list[str]) -> None:
+        super().__init__(config)
+        self.banner = banner
+        self.stopped_by: int | None = None
+        self._starting: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
+
+    async def serve(self, sockets: list[Any] | None = None) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._starting = (asyncio.get_running_loop(), task)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    await stack.enter_async_context(started(cast(FastAPI, self.config.app)))
+                finally:
+                    self._starting = None
+                for line in self.banner:
+                    _say(line)
+                await super().serve(sockets)
+        except asyncio.CancelledError:
+            if self.stopped_by is None:
+                raise
+            task.uncancel()  # the cancel was ours, for the signal: the start is over, nothing failed
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         _cancel_live_runs_soon()
@@ -258,6 +325,12 @@ class _Server(uvicorn.Server):
 
     def _exit_requested(self, sig: int, frame: FrameType | None) -> None:
         self.should_exit = True
+        if self._starting is not None:  # a signal handler: only schedule the cancel on the loop
+            self.stopped_by = sig
+            loop, task = self._starting
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(loop.set_exception_handler, log_leftover)
+                loop.call_soon_threadsafe(task.cancel)
 
 
 def _chain_signal_handlers() -> None:
