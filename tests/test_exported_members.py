@@ -11,11 +11,25 @@ PINNED = {"Agent", "RunEvent", "RunStatus", "RunOutput", "cancel_run", "active_r
 
 
 def test_all_is_sorted_and_complete() -> None:
-    for module in (tether, tether.exceptions, tether.models, tether.testing):
+    lazy = vars(tether)["_WHERE"]  # tether imports its names when first used
+    assert tether.__all__ == sorted(tether.__all__)
+    assert set(tether.__all__) - {"__version__"} == set(lazy)
+    assert all(getattr(tether, name) is not None for name in tether.__all__)
+    for module in (tether.exceptions, tether.models, tether.testing):
         assert module.__all__ == sorted(module.__all__), module.__name__
         public = {name for name in vars(module) if not name.startswith("_")}
         public -= {"annotations"} | {n for n in public if type(vars(module)[n]).__name__ == "module"}
         assert set(module.__all__) - {"__version__"} == public, module.__name__
+
+
+def test_the_console_script_starts_without_the_heavy_imports() -> None:
+    import subprocess
+    import sys
+
+    heavy = "('openai', 'pydantic', 'anyio')"
+    code = f"import sys, tether.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "[]\n"
 
 
 def test_pinned_names_and_values() -> None:

@@ -18,8 +18,9 @@ A failure is one line on stderr (``tether: ...``), never a traceback, and a non-
   program killed by SIGPIPE would exit in a shell (128 + 13).
 
 Only the standard library is imported here: the rest is imported inside :func:`main`, so a Ctrl-C
-while it loads is reported like any other. (``tether/__init__`` itself loads first, before ``main``
-exists: a Ctrl-C in those first ~0.2 s is still Python's own KeyboardInterrupt traceback.)
+while it loads is reported like any other. ``tether/__init__`` imports its names lazily, so what
+loads before ``main`` exists takes a few tens of milliseconds (Python's own start-up: a Ctrl-C
+there is still Python's KeyboardInterrupt, as for any program).
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
         "--on-disconnect",
         choices=("cancel", "continue"),
         default=None,
-        help="what a streaming run does when its client goes away (default: cancel)",
+        help="what a run does when its client goes away before it ended, streaming or not (default: cancel)",
     )
     serve.add_argument(
         "--redis-url",
