@@ -251,3 +251,15 @@ def test_a_signal_while_the_storage_connects_stops_at_once(sig: signal.Signals, 
         assert time.monotonic() - started < 3  # not the connect timeout
         thread.join(10)
     assert (proc.returncode, err) == (code, "tether: stopped before the server started\n")
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line(endpoint: LoopbackServer) -> None:
+    """The console script counts Ctrl-C before it imports anything heavy (tether itself loads lazily)."""
+    endpoint.default = Reply(chunks=["x"], header_delay=30)
+    for delay in (0.05, 0.08, 0.12, 0.2):
+        proc = tether("run", "hi", "--base-url", endpoint.base_url, "--model", "m",
+                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 130 and "Traceback" not in err, (delay, err)

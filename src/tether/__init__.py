@@ -17,9 +17,11 @@ milliseconds and can take over Ctrl-C before the heavy imports run.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # not typing's: importing typing alone would double this module's import time
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._agent import Agent, RunOptions
     from ._cancel import cancel_run
     from ._messages import Message, ToolCall, ToolCallFunction

@@ -55,6 +55,7 @@ class _Options:
     timeout: float | None = None
     history: Sequence[Message] | None = None
     parent_run_id: str | None = None
+    unused_checked: bool = False  # the caller-chosen run id was checked against storage already
 
 
 def _options(given: RunOptions) -> _Options:
@@ -150,7 +151,17 @@ class Agent:
         return self._collect(input, _options(options))
 
     async def _collect(self, input: str, options: _Options) -> RunOutput:
+        if options.run_id is not None and self.storage is not None:
+            check_id("run id", options.run_id)
+            await self._check_unused(options.run_id)
+            options = replace(options, unused_checked=True)
         return await self._open(input, options).collect()
+
+    async def _check_unused(self, run_id: str) -> None:
+        """A caller-chosen run id that a stored run already has is refused (it would overwrite it)."""
+        assert self.storage is not None
+        if registry.get(run_id) is None and await self.storage.get_run(run_id) is not None:
+            raise ConfigurationError(f"run id {run_id!r} is already used by a stored run")
 
     async def acancel_run(
         self,
@@ -182,12 +193,15 @@ class Agent:
         chosen = _options(options)
         if stream:
             return SyncRunStream(self._open(input, chosen))
-        run_id = check_id("run id", chosen.run_id) if chosen.run_id is not None else new_id()
-        chosen = replace(chosen, run_id=run_id)
+        if chosen.run_id is not None and self.storage is not None:
+            check_id("run id", chosen.run_id)
+            background_loop.call(functools.partial(self._check_unused, chosen.run_id))
+            chosen = replace(chosen, unused_checked=True)
+        opened = self._open(input, chosen)  # registered here: a bad id or input raises before anything
         try:
-            return background_loop.call(functools.partial(self._collect, input, chosen))
+            return background_loop.call(opened.collect)
         except BaseException:
-            registry.cancel(run_id, source="outer", agent_id=self.id)
+            opened.handle.request_cancel(None, "outer")  # only this call's own run (started or not)
             raise
 
     def cancel_run(
@@ -289,6 +303,7 @@ class Agent:
             continue_session=self.storage is not None and options.session_id is not None,
             history_runs=self.history_runs,
             keep_interrupted=self.keep_interrupted,
+            refuse_stored=options.run_id is not None and not options.unused_checked,
         )
         return RunStream(handle, functools.partial(RunState, spec=spec))
 

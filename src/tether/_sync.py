@@ -52,6 +52,7 @@ class SyncRunStream:
             except BaseException:
                 self._finished = True
                 self._stream.leave_soon("outer")  # what the interrupted call took was not delivered
+                self._stream.handle.request_cancel(None, "outer")  # also if it had not started yet
                 raise
             if not batch:
                 self._finished = True

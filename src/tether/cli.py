@@ -55,12 +55,20 @@ DEMO_PROMPT = (
 )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tether`` console script; returns the exit code (see the module doc)."""
-    args = _parser().parse_args(argv)
-    command: Callable[[argparse.Namespace], int] = {"demo": _demo, "serve": _serve, "run": _run}[args.command]
+def main(argv: Sequence[str] | None = None, *, early_interrupts: list[int] | None = None) -> int:
+    """The ``tether`` command; returns the exit code (see the module doc).
+
+    ``early_interrupts``: Ctrl-Cs counted by the console script (``tether._console``) until now; one
+    that comes before :class:`_Interrupts` takes over is acted on at its first safe point.
+    """
+    _INTERRUPTS.early = early_interrupts if early_interrupts is not None else []
     try:
+        args = _parser().parse_args(argv)
+        command: Callable[[argparse.Namespace], int] = {"demo": _demo, "serve": _serve, "run": _run}[
+            args.command
+        ]
         if args.command == "serve":  # it handles its signals itself once the server starts
+            _INTERRUPTS.check()
             return command(args)
         with _INTERRUPTS.installed():
             return command(args)
@@ -93,6 +101,7 @@ class _Interrupts:
 
     def __init__(self) -> None:
         self.count = 0
+        self.early: list[int] = []  # counted by the console script before this took over
         self._cancel: Callable[[], object] | None = None
 
     def __call__(self, sig: int, frame: object) -> None:
@@ -103,7 +112,7 @@ class _Interrupts:
             self._cancel()
 
     def check(self) -> None:
-        if self.count:
+        if self.count or self.early:
             raise KeyboardInterrupt
 
     def live(self, cancel: Callable[[], object] | None) -> None:
@@ -118,6 +127,8 @@ class _Interrupts:
             yield  # only the main thread has signal handlers
             return
         previous = signal.signal(signal.SIGINT, self)
+        self.count += len(self.early)  # the console script's count, up to the switch
+        self.early = []
         try:
             yield
         finally:

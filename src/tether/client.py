@@ -33,6 +33,7 @@ from pydantic import TypeAdapter
 from ._background_loop import background_loop
 from ._loopbound import LoopBound
 from ._run import BaseRunEvent, RunOutput, RunOutputEvent
+from ._text import scrub
 from ._wire import AgentInfo, CancelResult
 from .exceptions import APIError
 
@@ -64,7 +65,7 @@ class AsyncTetherClient:
 
         Raises APIError (the run itself failing is not an error here: its output says ``ERROR``).
         """
-        data = {"message": message, "stream": "false", **_present(fields)}
+        data = {"message": scrub(message), "stream": "false", **_present(fields)}
         return await self._json(_OUTPUT, "POST", f"/agents/{agent_id}/runs", data=data)
 
     async def stream(
@@ -75,7 +76,7 @@ class AsyncTetherClient:
         Leaving early (``break``, ``aclose()``) closes the response: the server then cancels the run
         (``source="consumer"``) unless it was started with ``on_disconnect="continue"``.
         """
-        data = {"message": message, "stream": "true", **_present(fields)}
+        data = {"message": scrub(message), "stream": "true", **_present(fields)}
         client = await self._http.get()
         path = f"/agents/{agent_id}/runs"
         with _translated(self.base_url):
@@ -97,7 +98,7 @@ class AsyncTetherClient:
         wait: float = 5.0,
     ) -> CancelResult:
         """Cancel a run; returns the 200 body (the run's status after waiting up to ``wait`` s)."""
-        body = {"reason": reason, "mode": mode, "grace": grace}
+        body = {"reason": None if reason is None else scrub(reason), "mode": mode, "grace": grace}
         path = f"/agents/{agent_id}/runs/{run_id}/cancel"
         return await self._json(_CANCEL, "POST", path, json=body, params={"wait": wait})
 
@@ -211,7 +212,7 @@ def _present(fields: dict[str, str | None]) -> dict[str, str]:
     unknown = set(fields) - allowed
     if unknown:
         raise TypeError(f"unknown run field(s) {sorted(unknown)}; use {sorted(allowed)}")
-    return {key: value for key, value in fields.items() if value is not None}
+    return {key: scrub(value) for key, value in fields.items() if value is not None}
 
 
 def _error(response: httpx.Response) -> APIError:

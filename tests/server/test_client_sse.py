@@ -10,6 +10,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +21,9 @@ from hypothesis import strategies as st
 from tether import Agent, APIError, RunContentEvent, RunEvent, RunStatus
 from tether.client import AsyncTetherClient, TetherClient
 from tether.models.base import ModelDelta, ModelTurnEnd, ToolSpec
+from tether.server import create_app
+from tether.storage import SqliteStorage
+from tether.testing import ScriptedModel
 
 from .conftest import LiveServer
 
@@ -241,3 +245,14 @@ def test_a_connection_refused_is_an_api_error_from_the_blocking_client_too() -> 
         list(client.stream("a", "hi"))
     assert isinstance(caught.value.__cause__, httpx.ConnectError)
     assert caught.value.status_code is None
+
+
+def test_the_client_replaces_a_lone_surrogate_in_the_message_as_the_library_does(tmp_path: Path) -> None:
+    agent = Agent(name="echo", model=ScriptedModel(["ok"]))
+    app = create_app([agent], storage=SqliteStorage(tmp_path / "server.db"))
+    with LiveServer(app) as server, TetherClient(server.url) as client:
+        output = client.run("echo", "half \ud83d")
+        events = list(client.stream("echo", "more \udc00"))
+    assert (output.status, output.content) == (RunStatus.completed, "ok")
+    assert output.messages[-2].content == "half \ufffd"
+    assert events[-1].event == RunEvent.run_completed

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from .._messages import Message
+from ..exceptions import ConfigurationError
 from ._events import RunStatus
 from ._output import RunOutput
 from ._registry import registry
@@ -80,6 +81,11 @@ async def prepare(state: RunState) -> None:
         history = history_from(runs, keep_interrupted=spec.keep_interrupted)
         at = len(state.messages) - 1  # just before this run's user message
         state.messages[at:at] = history
+    if spec.refuse_stored:
+        name = f"tether-check-{state.handle.run_id}"
+        if await _detached(storage.get_run(state.handle.run_id), name) is not None:
+            state.refused = True
+            raise ConfigurationError(f"run id {state.handle.run_id!r} is already used by a stored run")
     heartbeats.started(storage)
     write = state.start_write = asyncio.get_running_loop().create_task(
         _bounded(storage.start_run(snapshot(state, RunStatus.running), owner_id())),
@@ -108,7 +114,7 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 async def persist(state: RunState) -> None:
     """The final write: waited for at most ``FINAL_WRITE_WAIT`` s, then finished in the background."""
     storage, output = state.spec.storage, state.output
-    if storage is None or output is None:
+    if storage is None or output is None or state.refused:
         return
     if state.start_write is None:
         heartbeats.started(storage)  # the run ended before its RUNNING write: still count it
@@ -191,6 +197,8 @@ class Heartbeats:
         try:
             while self._live.get(key, 0) > 0:
                 await anyio.sleep(interval)
+                if self._live.get(key, 0) <= 0:
+                    break  # its last run ended meanwhile: its store may be closed by now
                 try:
                     with anyio.fail_after(PERSIST_TIMEOUT):
                         await storage.heartbeat(owner_id())

@@ -33,6 +33,7 @@ class RunSpec:
     continue_session: bool = False  # load the session's earlier runs as history (storage needed)
     history_runs: int | None = None  # how many earlier runs to load (None: all)
     keep_interrupted: bool = True  # keep cancelled partial answers in the history
+    refuse_stored: bool = False  # the caller chose the run id: refuse it if a stored run has it
 
 
 class RunState:
@@ -42,6 +43,7 @@ class RunState:
         "channel",
         "content_fields",
         "escaped",
+        "refused",
         "first_token_at",
         "handle",
         "messages",
@@ -69,6 +71,7 @@ class RunState:
         self.pending = PendingCalls()
         self.scrubber = DeltaScrubber()  # model deltas: split surrogate pairs joined, lone ones replaced
         self.escaped: BaseException | None = None  # e.g. KeyboardInterrupt: re-raised to the consumer
+        self.refused = False  # its id belongs to a stored run: nothing of this run is written
         self.first_token_at: float | None = None
         self.usage: ModelUsage | None = None
         self.started_at = time.monotonic()
