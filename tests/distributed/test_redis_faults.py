@@ -388,3 +388,49 @@ async def test_a_frozen_redis_fails_remote_cancels_fast_and_nothing_is_lost_once
             assert (last["event"], last["source"], last["reason"]) == ("RunCancelled", "remote", "thawed")
     finally:
         await remote.adetach()
+
+
+def _start(script: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-W", "error", "-c", script, *args], stdout=subprocess.PIPE, text=True
+    )
+
+
+RESTART_OWNER = """
+import sys, json
+from tether import Agent
+from tether.distributed import RedisCancellation
+from tether.testing import ScriptedModel
+
+url, prefix = sys.argv[1:]
+RedisCancellation(url, prefix=prefix).attach()   # the default heartbeat (2 s)
+agent = Agent(name="worker", model=ScriptedModel(["w0 ", "w1 "], stall=60, stall_at=2))
+for event in agent.run("go", stream=True, run_id="owned-r"):
+    print(json.dumps(event.model_dump(mode="json")), flush=True)
+"""
+
+
+async def test_a_remote_cancel_just_after_a_redis_restart_finds_the_live_run() -> None:
+    """Redis restarted empty: the owner writes its entry again at its next heartbeat; the answer waits."""
+    server = ThrowawayRedis().start()
+    owner = _start(RESTART_OWNER, server.url, "restart:")
+    assert owner.stdout is not None
+    remote = await RedisCancellation(server.url, prefix="restart:", heartbeat_interval=60).aattach()
+    try:
+        lines = [await anyio.to_thread.run_sync(owner.stdout.readline) for _ in range(3)]
+        assert [json.loads(line)["event"] for line in lines] == ["RunStarted", "RunContent", "RunContent"]
+        server.stop()
+        server.start()  # empty, as a Redis without persistence comes back
+        outcome = await remote.cancel(
+            "owned-r", agent_id=None, reason="after restart", mode="immediate", grace=None
+        )
+        assert outcome is RemoteOutcome.cancelled
+        last = json.loads((await anyio.to_thread.run_sync(owner.stdout.readlines))[-1])
+        assert (last["event"], last["source"], last["reason"]) == ("RunCancelled", "remote", "after restart")
+    finally:
+        await remote.adetach()
+        if owner.poll() is None:
+            owner.kill()
+        await anyio.to_thread.run_sync(owner.wait, 10)
+        owner.stdout.close()
+        server.stop()

@@ -1,6 +1,7 @@
 """The canceller's side: deliver one cancel request to a run's owner and get its exact answer.
 
-1. ``runs[<run>]`` names the owner (no entry, or another agent's run: ``not_found``).
+1. ``runs[<run>]`` names the owner (no entry, or another agent's run: ``not_found``). A Redis that has
+   just restarted (empty) is given a heartbeat interval for the owners to write their entries again.
 2. Subscribe to ``ack:<request>``, then write the durable ``marker:<run>``, then publish on
    ``cancel:<owner>`` (twice at most): a live owner answers by pub/sub within ``ack_timeout``.
 3. No answer: a live owner still answers when its next heartbeat applies the marker, so wait until that
@@ -16,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anyio
 import redis.asyncio as aioredis
 
 from ..exceptions import RemoteCancelError
@@ -25,6 +27,9 @@ from ._wire import Ack, Entry, Keys, Request, logger, parse
 
 MARKER_TTL = 60
 """Seconds a marker lives: an owner applies it at its next heartbeat, well within that."""
+RESTART_SETTLE = 5.0
+"""At most this many seconds (plus ``ack_timeout``) after Redis started, an unknown run is looked up
+again: owners write their entries again at their next heartbeat (every 2 s by default)."""
 
 
 async def exchange(
@@ -41,6 +46,9 @@ async def exchange(
     Raises redis' errors (the caller translates them), and
     :class:`~tether.exceptions.RemoteCancelError` if the owner failed to apply it."""
     raw = await client.hget(keys.runs, request.run_id)
+    if raw is None:  # unknown, or Redis restarted empty and the owner has not written it again yet
+        settle = min(default_interval, RESTART_SETTLE) + ack_timeout
+        raw = await _read_again_after_a_restart(client, keys, request.run_id, settle)
     entry = parse(Entry, raw, f"{keys.runs}[{request.run_id!r}]") if raw is not None else None
     if entry is None or request.agent_id not in (None, entry.agent):
         return RemoteOutcome.not_found
@@ -64,6 +72,19 @@ async def exchange(
         removed,
     )
     return RemoteOutcome.owner_dead
+
+
+async def _read_again_after_a_restart(client: aioredis.Redis, keys: Keys, run_id: str, settle: float) -> Any:
+    """The run's entry, read again once every live owner has re-registered its runs, if Redis is younger
+    than ``settle`` seconds (a heartbeat interval and a margin); None at once otherwise."""
+    try:
+        uptime = float((await client.info("server"))["uptime_in_seconds"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if uptime >= settle:
+        return None
+    await anyio.sleep(settle - uptime)
+    return await client.hget(keys.runs, run_id)
 
 
 def _outcome(ack: Ack, request: Request) -> RemoteOutcome:
