@@ -157,7 +157,7 @@ def test_a_cancel_for_a_run_whose_worker_was_killed_answers_that_it_ended_in_err
         response.close()
         started = time.perf_counter()
         answer = b.post("/agents/slow/runs/orphan-1/cancel", json={"reason": "too late"})
-        assert time.perf_counter() - started < 8  # its next heartbeat was due within 2 s
+        assert time.perf_counter() - started < 15  # two missed heartbeats (2 s each) and margins
         assert (answer.status_code, answer.json()) == (
             400,
             {"detail": "Run orphan-1 has already ended with status ERROR", "error_code": "BAD_REQUEST"},

@@ -236,7 +236,7 @@ async def test_a_cancel_for_a_run_whose_owner_was_killed_says_so_and_removes_its
         started = time.monotonic()
         outcome = await remote.cancel("owned-1", agent_id=None, reason=None, mode="immediate", grace=None)
         assert outcome is RemoteOutcome.owner_dead
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 6
         assert reader.hget(f"{prefix}runs", "owned-1") is None
         assert not reader.exists(f"{prefix}owner:{dead}", f"{prefix}marker:owned-1")
         assert tether.cancel_run("owned-1") is False

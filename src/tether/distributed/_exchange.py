@@ -5,8 +5,9 @@
 2. Subscribe to ``ack:<request>``, then write the durable ``marker:<run>``, then publish on
    ``cancel:<owner>`` (twice at most): a live owner answers by pub/sub within ``ack_timeout``.
 3. No answer: a live owner still answers when its next heartbeat applies the marker, so wait until that
-   heartbeat is due (plus ``ack_timeout``). No answer by then: the owner is dead; its entries are
-   removed and the answer is ``owner_dead``.
+   heartbeat is due (plus ``ack_timeout``), and on while the owner keeps beating (after a Redis outage
+   every owner is late). No beat for two of its intervals while Redis answers us: the owner is dead;
+   its entries are removed and the answer is ``owner_dead``.
 
 The request id makes the exchange idempotent: sent twice (a retry), it is applied once and answered the
 same way (the owner remembers its recent answers).
@@ -21,12 +22,16 @@ import anyio
 import redis.asyncio as aioredis
 
 from ..exceptions import RemoteCancelError
-from ._owners import forget_owner, next_beat_within
+from ._owners import forget_owner, last_beat, next_beat_within
 from ._protocol import RemoteOutcome
 from ._wire import Ack, Entry, Keys, Request, logger, parse
 
 MARKER_TTL = 60
 """Seconds a marker lives: an owner applies it at its next heartbeat, well within that."""
+ANSWER_WITHIN = 15.0
+"""Seconds a cancel waits at most for an owner that keeps beating but has not answered yet."""
+RECONNECT_MARGIN = 1.0
+"""Seconds an owner may need to reconnect after Redis came back (its socket timeout)."""
 RESTART_SETTLE = 5.0
 """At most this many seconds (plus ``ack_timeout``) after Redis started, an unknown run is looked up
 again: owners write their entries again at their next heartbeat (every 2 s by default)."""
@@ -45,6 +50,7 @@ async def exchange(
 
     Raises redis' errors (the caller translates them), and
     :class:`~tether.exceptions.RemoteCancelError` if the owner failed to apply it."""
+    since = await _redis_now(client)
     raw = await client.hget(keys.runs, request.run_id)
     if raw is None:  # unknown, or Redis restarted empty and the owner has not written it again yet
         settle = min(default_interval, RESTART_SETTLE) + ack_timeout
@@ -63,6 +69,9 @@ async def exchange(
         due = await next_beat_within(client, keys, entry.owner, default_interval)
         if (ack := await _next_ack(pubsub, due + ack_timeout, keys.ack(request.id))) is not None:
             return _outcome(ack, request)
+        waited = await _while_it_beats(client, pubsub, keys, entry.owner, request, ack_timeout, since)
+        if waited is not None:
+            return _outcome(waited, request)
     await client.delete(keys.marker(request.run_id))
     removed = await forget_owner(client, keys, entry.owner)
     logger.warning(
@@ -72,6 +81,45 @@ async def exchange(
         removed,
     )
     return RemoteOutcome.owner_dead
+
+
+async def _while_it_beats(
+    client: aioredis.Redis,
+    pubsub: Any,
+    keys: Keys,
+    owner: str,
+    request: Request,
+    ack_timeout: float,
+    since: float,
+) -> Ack | None:
+    """Wait for the answer while ``owner`` keeps beating; None once it has not beaten for two of its
+    intervals (and ``ack_timeout`` and a reconnect margin) counted from ``since`` (when this exchange
+    started, on Redis' clock) or its last beat, whichever is later: it is dead. An owner that beats but
+    does not answer within ``ANSWER_WITHIN`` is a RemoteCancelError.
+
+    After a Redis outage (a freeze, a restart) every owner is late at once: counting from ``since``
+    gives each one its full chance once Redis answers again.
+    """
+    deadline = time.monotonic() + ANSWER_WITHIN
+    while (beat := await last_beat(client, keys, owner)) is not None:
+        beat_at, interval = beat
+        limit = max(beat_at, since) + 2 * interval + ack_timeout + RECONNECT_MARGIN
+        now = await _redis_now(client)
+        if now >= limit:
+            return None  # no heartbeat for two of its intervals while Redis answered: dead
+        if (ack := await _next_ack(pubsub, limit - now, keys.ack(request.id))) is not None:
+            return ack
+        if time.monotonic() > deadline:
+            raise RemoteCancelError(
+                f"the owner of run {request.run_id} is alive but did not answer the cancel"
+            )
+        since = max(since, beat_at)
+    return None
+
+
+async def _redis_now(client: aioredis.Redis) -> float:
+    seconds, micros = await client.time()
+    return float(seconds) + float(micros) / 1e6
 
 
 async def _read_again_after_a_restart(client: aioredis.Redis, keys: Keys, run_id: str, settle: float) -> Any:

@@ -31,6 +31,21 @@ async def next_beat_within(client: aioredis.Redis, keys: Keys, owner: str, defau
     return max(beat.interval - age, 0.0)
 
 
+async def last_beat(client: aioredis.Redis, keys: Keys, owner: str) -> tuple[float, float] | None:
+    """When ``owner`` last beat, on Redis' own clock (seconds), and its interval; None without a beat."""
+    key = keys.owner(owner)
+    pipe = client.pipeline(transaction=False)
+    pipe.get(key)
+    pipe.pttl(key)
+    pipe.time()
+    raw, left_ms, (seconds, micros) = await pipe.execute()
+    beat = parse(Beat, raw, key) if raw is not None else None
+    if beat is None or left_ms < 0:
+        return None
+    now = float(seconds) + float(micros) / 1e6
+    return now - (beat.ttl - left_ms / 1000), beat.interval
+
+
 async def forget_owner(client: aioredis.Redis, keys: Keys, owner: str) -> int:
     """Remove ``owner``'s key and every ``runs`` entry it owns; the number of entries removed."""
     await client.delete(keys.owner(owner))
