@@ -379,6 +379,9 @@ async def test_a_frozen_redis_fails_remote_cancels_fast_and_nothing_is_lost_once
                 await anyio.sleep(1.5)  # heartbeats and listeners on both sides time out meanwhile
             finally:
                 throwaway.process.send_signal(signal.SIGCONT)
+            # Connections whose reads were cut short by the freeze time out (1 s) and are replaced;
+            # a cancel sent in that second may find its answer lost on the owner's stale connection.
+            await anyio.sleep(2.0)
             outcome = await remote.cancel(
                 "owned-1", agent_id=None, reason="thawed", mode="immediate", grace=None
             )

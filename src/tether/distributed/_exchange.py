@@ -101,12 +101,17 @@ async def _while_it_beats(
     gives each one its full chance once Redis answers again.
     """
     deadline = time.monotonic() + ANSWER_WITHIN
-    while (beat := await last_beat(client, keys, owner)) is not None:
+    while True:
+        if (kept := await _kept_answer(client, keys, request)) is not None:
+            return kept  # it answered, but the ack was lost in transit (it may have exited since)
+        beat = await last_beat(client, keys, owner)
+        if beat is None:
+            return None  # its key is gone: it died (or exited without answering)
         beat_at, interval = beat
         limit = max(beat_at, since) + 2 * interval + ack_timeout + RECONNECT_MARGIN
         now = await _redis_now(client)
-        if now >= limit:
-            return None  # no heartbeat for two of its intervals while Redis answered: dead
+        if now >= limit:  # no heartbeat for two of its intervals while Redis answered: dead...
+            return await _kept_answer(client, keys, request)  # ...unless it answered just now
         if (ack := await _next_ack(pubsub, limit - now, keys.ack(request.id))) is not None:
             return ack
         if time.monotonic() > deadline:
@@ -114,7 +119,13 @@ async def _while_it_beats(
                 f"the owner of run {request.run_id} is alive but did not answer the cancel"
             )
         since = max(since, beat_at)
-    return None
+
+
+async def _kept_answer(client: aioredis.Redis, keys: Keys, request: Request) -> Ack | None:
+    """The owner's durable copy of its answer to ``request`` (None if it has not answered)."""
+    key = keys.answer(request.id)
+    raw = await client.get(key)
+    return parse(Ack, raw, key) if raw is not None else None
 
 
 async def _redis_now(client: aioredis.Redis) -> float:

@@ -54,6 +54,8 @@ from ._wire import Ack, AckResult, Beat, Entry, Keys, Request, parse
 logger = logging.getLogger("tether.distributed")
 
 ANSWERS_KEPT = 1024
+ANSWER_TTL = 60
+"""Seconds the durable copy of an answer lives (a canceller waits far less)."""
 """Recent answers an owner remembers by request id, so a request delivered twice is answered alike."""
 
 
@@ -331,7 +333,9 @@ class RedisCancellation:
             self._answered[request.id] = result
             if len(self._answered) > ANSWERS_KEPT:
                 del self._answered[next(iter(self._answered))]
-        await client.publish(self._keys.ack(request.id), Ack(result=result).dumps())
+        ack = Ack(result=result).dumps()
+        await client.set(self._keys.answer(request.id), ack, ex=ANSWER_TTL)  # first: the ack may be lost
+        await client.publish(self._keys.ack(request.id), ack)
         await client.delete(self._keys.marker(request.run_id))
 
     def _apply(self, request: Request) -> AckResult:

@@ -101,3 +101,7 @@ class Keys:
 
     def marker(self, run_id: str) -> str:
         return f"{self.prefix}marker:{run_id}"
+
+    def answer(self, request_id: str) -> str:
+        """A durable copy of the owner's answer to one request (an ack lost in transit is read here)."""
+        return f"{self.prefix}answer:{request_id}"
