@@ -1,0 +1,23 @@
+"""Property: every run through the blocking API keeps the contract, however and whenever it ends."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hypothesis import given
+
+from . import _stats
+from ._checks import check_run, clean_example
+from ._scenarios import Scenario, build
+from ._sync_drive import SyncDriver, sync_scenarios
+
+
+@given(sync_scenarios())
+def test_every_blocking_run_keeps_the_contract(scenario: Scenario) -> None:
+    _stats.count()
+    with tempfile.TemporaryDirectory() as folder, clean_example():
+        built = build(scenario, Path(folder))
+        outcome = SyncDriver(scenario, built).run()
+        assert outcome.raised is None, f"the blocking API raised {outcome.raised!r}"
+        check_run(scenario, built, outcome)
