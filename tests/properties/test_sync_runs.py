@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 
 from . import _stats
@@ -13,10 +14,14 @@ from ._scenarios import Scenario, build
 from ._sync_drive import SyncDriver, sync_scenarios
 
 
-@given(sync_scenarios())
-def test_every_blocking_run_keeps_the_contract(scenario: Scenario) -> None:
+@given(scenario=sync_scenarios())
+def test_every_blocking_run_keeps_the_contract(
+    scenario: Scenario, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     _stats.count()
-    with tempfile.TemporaryDirectory() as folder, clean_example():
+    # Not removed after the example: the bridge loop's heartbeat may still write there for a while.
+    folder = tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp())
+    with clean_example():
         built = build(scenario, Path(folder))
         outcome = SyncDriver(scenario, built).run()
         assert outcome.raised is None, f"the blocking API raised {outcome.raised!r}"
