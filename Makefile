@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: demo test bench lint typecheck check clean
+.PHONY: demo test fuzz bench lint typecheck check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Property-based fuzzing of the run engine (tests/properties, large random hypothesis profile), on one
+# core, until at least FUZZ_RUNS runs; prints the seed and a replay command for every failure.
+# SEED=N replays a session; FUZZ_ARGS=--default-space leaves out the known failures (tests/properties/_known.py).
+FUZZ_RUNS ?= 10000
+fuzz: $(STAMP)
+	nice -n 10 $(BIN)/python -m tests.properties.fuzz --runs $(FUZZ_RUNS) $(if $(SEED),--seed $(SEED)) $(FUZZ_ARGS)
 
 # The bench-only virtualenv: tether plus the baselines (Agno) and matplotlib for the chart.
 $(BENCH_STAMP): pyproject.toml bench/requirements.txt
