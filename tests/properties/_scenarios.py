@@ -393,3 +393,15 @@ def async_scenarios(draw: st.DrawFn) -> Scenario:
         storage=storage,
         lock=(draw(AFTER), draw(st.sampled_from([0.01, 0.03, 0.1]))) if storage == "locked" else (0.0, 0.0),
     )
+
+
+@st.composite
+def graceful_scenarios(draw: st.DrawFn) -> Scenario:
+    """Nothing but graceful stops (``after_turn``, no grace), at chosen events: the oracle is exact."""
+    errors = tuple(ERRORS) if enabled("after_turn_error") else ()
+    storage = draw(st.sampled_from([None, "sqlite"]))
+    script = draw(scripts(surrogates=storage is None or enabled("surrogates_stored"), error_names=errors))
+    kinds = st.sampled_from(["cancel", "cancel_any", "acancel", "cancel_thread"])
+    graceful = st.builds(Action, kinds, st.just("after_turn"))
+    triggers = draw(st.lists(st.builds(Trigger, graceful, st.integers(0, 12)), min_size=1, max_size=2))
+    return Scenario(script=script, consumer="for", triggers=tuple(triggers), storage=storage)

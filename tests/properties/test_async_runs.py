@@ -7,10 +7,12 @@ from pathlib import Path
 
 from hypothesis import given
 
+from tether import RunEvent
+
 from . import _stats
 from ._checks import check_run, clean_example
 from ._drive import run_async
-from ._scenarios import Scenario, async_scenarios, build
+from ._scenarios import Scenario, async_scenarios, build, graceful_scenarios
 
 
 @given(async_scenarios())
@@ -20,3 +22,15 @@ def test_every_async_run_keeps_the_contract(scenario: Scenario) -> None:
         built = build(scenario, Path(folder))
         outcome = run_async(scenario, built)
         check_run(scenario, built, outcome)
+
+
+@given(graceful_scenarios())
+def test_a_graceful_stop_ends_between_turns_and_hides_no_error(scenario: Scenario) -> None:
+    _stats.count()
+    with tempfile.TemporaryDirectory() as folder, clean_example():
+        built = build(scenario, Path(folder))
+        outcome = run_async(scenario, built)
+        check_run(scenario, built, outcome)  # with only graceful stops, check_status is exact
+        for event in outcome.received:
+            if event.event == RunEvent.tool_call_completed:
+                assert not (event.error or "").startswith("Cancelled"), "a graceful stop cancelled a tool"
