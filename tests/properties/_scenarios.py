@@ -303,7 +303,7 @@ def build(scenario: Scenario, folder: Path | None, interrupts: bool = False) -> 
 
 
 def chunk_texts(surrogates: bool) -> st.SearchStrategy[str]:
-    alphabet = [st.characters(), st.sampled_from(LINE_BREAKS)]
+    alphabet = [st.characters(codec="utf-8"), st.sampled_from(LINE_BREAKS)]
     if surrogates:
         alphabet.append(st.characters(categories=["Cs"]))
     words = st.integers(0, 99).map(lambda i: f"w{i} ")
