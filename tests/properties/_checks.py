@@ -114,7 +114,7 @@ def check_run(sc: Scenario, built: Built, outcome: Outcome) -> None:
     check_status(sc, built, outcome, final)
     check_history(sc, final)
     if terminals:
-        check_tool_events(outcome)
+        check_tool_events(outcome, built.paid)
     check_stored(sc, outcome)
 
 
@@ -170,8 +170,8 @@ def check_history(sc: Scenario, final: RunOutput) -> None:
                 assert (message.content or "").startswith(expected_result(call)), "a wrong tool result"
 
 
-def check_tool_events(outcome: Outcome) -> None:
-    """Every started call is completed once, before the end; a shielded call keeps its result."""
+def check_tool_events(outcome: Outcome, paid: list[int]) -> None:
+    """Every started call is completed once, before the end; a shielded call runs and keeps its result."""
     started: dict[str, Any] = {}
     completed: dict[str, Any] = {}
     for event in outcome.received:
@@ -182,11 +182,14 @@ def check_tool_events(outcome: Outcome) -> None:
             assert call_id in started and call_id not in completed, "a completion without one start"
             completed[call_id] = event
     assert set(completed) == set(started), "a started tool call never completed"
+    charged = []
     for call_id, event in started.items():
         if event.tool_name == "pay":
             done = completed[call_id]
             expected = f"paid:{event.tool_args['x']}"
             assert (done.content, done.error) == (expected, None), "a shielded tool lost its result"
+            charged.append(event.tool_args["x"])
+    assert sorted(paid) == sorted(charged), "a shielded tool ran without its events, or not at all"
 
 
 def check_stored(sc: Scenario, outcome: Outcome) -> None:

@@ -49,7 +49,6 @@ class Outcome:
     raised: BaseException | None = None  # what the blocking call raised (sync API)
     active_after: list[str] = field(default_factory=list)
     hung: str | None = None
-    extra_readers: list[list[BaseRunEvent] | BaseException] = field(default_factory=list)
 
     def cancelled_by_user(self) -> list[Issued]:
         return [i for i in self.issued if i.action.is_cancel and i.returned]

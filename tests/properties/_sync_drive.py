@@ -12,37 +12,11 @@ import time
 from typing import Any
 
 import anyio
-from hypothesis import strategies as st
 
 from tether import SyncRunStream, active_runs
 
 from ._drive import Issued, Outcome, cancel, hold_lock, join_or_hang, wait_until_idle
-from ._known import enabled
-from ._scenarios import AFTER, PROMPT, RUN_ID, Action, Built, Scenario, Trigger, _actions, scripts
-
-
-@st.composite
-def sync_scenarios(draw: st.DrawFn) -> Scenario:
-    """A run through ``agent.run``: iterated (``for``/``with``, maybe closed early) or blocking."""
-    storage = draw(st.sampled_from([None, "sqlite", "locked"]))
-    script = draw(scripts(surrogates=storage is None or enabled("surrogates_stored")))
-    consumer = draw(st.sampled_from(["sync_for", "sync_with", "sync_run"]))
-    stops = ["break", "close"] if enabled("consumer_stop") else []
-    triggers: list[Trigger] = []
-    for _ in range(draw(st.integers(0, 3))):
-        if consumer != "sync_run" and draw(st.booleans()):
-            action = draw(_actions(script, stops=stops))
-            triggers.append(Trigger(action, events=draw(st.integers(0, 10))))
-        else:
-            triggers.append(Trigger(draw(_actions(script, stops=[])), after=draw(AFTER)))
-    return Scenario(
-        script=script,
-        consumer=consumer,
-        triggers=tuple(triggers),
-        timeout=draw(st.sampled_from([None, None, 0.005, 0.02, 0.1])),
-        storage=storage,
-        lock=(draw(AFTER), draw(st.sampled_from([0.01, 0.03, 0.1]))) if storage == "locked" else (0.0, 0.0),
-    )
+from ._scenarios import PROMPT, RUN_ID, Action, Built, Scenario
 
 
 class SyncDriver:

@@ -23,7 +23,7 @@ _COMMON = {
     "print_blob": True,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 }
-settings.register_profile("ci", max_examples=250, derandomize=True, **_COMMON)  # type: ignore[arg-type]
+settings.register_profile("ci", max_examples=200, derandomize=True, **_COMMON)  # type: ignore[arg-type]
 settings.register_profile(
     "fuzz",
     max_examples=int(os.environ.get("TETHER_FUZZ_EXAMPLES", "3000")),

@@ -12,7 +12,8 @@ from tether import RunEvent
 from . import _stats
 from ._checks import check_run, clean_example
 from ._drive import run_async
-from ._scenarios import Scenario, async_scenarios, build, graceful_scenarios
+from ._scenarios import Scenario, build
+from ._strategies import async_scenarios, graceful_scenarios
 
 
 @given(async_scenarios())

@@ -19,7 +19,8 @@ from . import _stats
 from ._checks import clean_example
 from ._drive import HANG, wait_until_idle
 from ._known import needs
-from ._scenarios import INTERRUPTS, PROMPT, RUN_ID, Scenario, build, scripts
+from ._scenarios import INTERRUPTS, PROMPT, RUN_ID, Scenario, build
+from ._strategies import scripts
 
 
 @st.composite

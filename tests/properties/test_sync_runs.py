@@ -11,7 +11,8 @@ from hypothesis import given
 from . import _stats
 from ._checks import check_run, clean_example
 from ._scenarios import Scenario, build
-from ._sync_drive import SyncDriver, sync_scenarios
+from ._strategies import sync_scenarios
+from ._sync_drive import SyncDriver
 
 
 @given(scenario=sync_scenarios())

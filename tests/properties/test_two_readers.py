@@ -11,7 +11,8 @@ from tether import BaseRunEvent, RunEvent, RunStream, active_runs
 from . import _stats
 from ._checks import clean_example, norm
 from ._known import needs
-from ._scenarios import PROMPT, RUN_ID, Scenario, Trigger, _actions, build, scripts
+from ._scenarios import PROMPT, RUN_ID, Scenario, Trigger, build
+from ._strategies import actions, scripts
 
 BOUND = 2.0
 """Seconds both readers get to end (the scripted run itself takes well under one)."""
@@ -21,7 +22,7 @@ BOUND = 2.0
 def two_reader_scenarios(draw: st.DrawFn) -> tuple[Scenario, int]:
     script = draw(scripts(surrogates=True))
     triggers = tuple(
-        Trigger(draw(_actions(script, stops=[])), events=draw(st.integers(0, 8)))
+        Trigger(draw(actions(script, stops=[])), events=draw(st.integers(0, 8)))
         for _ in range(draw(st.integers(0, 1)))
     )
     return Scenario(script=script, triggers=triggers), draw(st.integers(0, 4))
