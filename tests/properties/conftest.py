@@ -1,9 +1,4 @@
-"""Hypothesis profiles for the property suite, and the fuzz figures.
-
-``HYPOTHESIS_PROFILE=ci`` (the default, used by ``make test``) is small and derandomized, so the suite
-is the same every time and fits in about a minute; ``HYPOTHESIS_PROFILE=fuzz`` (``make fuzz``) is
-large and random. A failure always prints hypothesis's reproduce blob and the session's seed.
-"""
+"""The property suite's session: its profile and seed in the header, a replay line per failure, figures."""
 
 from __future__ import annotations
 
@@ -13,33 +8,18 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
 
 from . import _stats
-
-_COMMON = {
-    "deadline": None,
-    "database": None,
-    "print_blob": True,
-    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-}
-settings.register_profile("ci", max_examples=200, derandomize=True, **_COMMON)  # type: ignore[arg-type]
-settings.register_profile(
-    "fuzz",
-    max_examples=int(os.environ.get("TETHER_FUZZ_EXAMPLES", "3000")),
-    derandomize=False,
-    phases=[Phase.generate, Phase.target, Phase.shrink, Phase.explain],
-    **_COMMON,  # type: ignore[arg-type]
-)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+from ._profile import PROFILE
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"tether properties: {settings().max_examples} examples per test, seed {_seed(config)}"
+    return f"tether properties: {PROFILE.max_examples} examples per test, seed {_seed(config)}"
 
 
 def _seed(config: pytest.Config) -> str:
-    return str(config.getoption("hypothesis_seed", None) or "random")
+    seed = config.getoption("hypothesis_seed", None)
+    return str(seed) if seed is not None else "0 (ci: derandomized) / random (fuzz)"
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -48,7 +28,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     report = outcome.get_result()
     if report.when == "call" and report.failed:
         report.sections.append(
-            ("reproduce", f"pytest '{item.nodeid}' --hypothesis-seed={_seed(item.config)} (or use the blob)")
+            ("reproduce", f"pytest '{item.nodeid}' --hypothesis-seed={_seed(item.config)}, or the blob above")
         )
 
 

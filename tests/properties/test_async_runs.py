@@ -12,10 +12,12 @@ from tether import RunEvent
 from . import _stats
 from ._checks import check_run, clean_example
 from ._drive import run_async
+from ._profile import PROFILE
 from ._scenarios import Scenario, build
 from ._strategies import async_scenarios, graceful_scenarios
 
 
+@PROFILE
 @given(async_scenarios())
 def test_every_async_run_keeps_the_contract(scenario: Scenario) -> None:
     _stats.count()
@@ -25,6 +27,7 @@ def test_every_async_run_keeps_the_contract(scenario: Scenario) -> None:
         check_run(scenario, built, outcome)
 
 
+@PROFILE
 @given(graceful_scenarios())
 def test_a_graceful_stop_ends_between_turns_and_hides_no_error(scenario: Scenario) -> None:
     _stats.count()

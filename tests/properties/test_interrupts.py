@@ -19,6 +19,7 @@ from . import _stats
 from ._checks import clean_example
 from ._drive import HANG, wait_until_idle
 from ._known import needs
+from ._profile import PROFILE
 from ._scenarios import INTERRUPTS, PROMPT, RUN_ID, Scenario, build
 from ._strategies import scripts
 
@@ -47,6 +48,7 @@ def _blocking(fn: object) -> object:
 
 
 @needs("interrupt")
+@PROFILE
 @given(scenario=interrupted_scenarios())
 def test_an_interrupt_inside_a_run_reaches_the_caller_and_the_api_survives(
     scenario: Scenario, tmp_path_factory: pytest.TempPathFactory

@@ -10,11 +10,13 @@ from hypothesis import given
 
 from . import _stats
 from ._checks import check_run, clean_example
+from ._profile import PROFILE
 from ._scenarios import Scenario, build
 from ._strategies import sync_scenarios
 from ._sync_drive import SyncDriver
 
 
+@PROFILE
 @given(scenario=sync_scenarios())
 def test_every_blocking_run_keeps_the_contract(
     scenario: Scenario, tmp_path_factory: pytest.TempPathFactory

@@ -11,6 +11,7 @@ from tether import BaseRunEvent, RunEvent, RunStream, active_runs
 from . import _stats
 from ._checks import clean_example, norm
 from ._known import needs
+from ._profile import PROFILE
 from ._scenarios import PROMPT, RUN_ID, Scenario, Trigger, build
 from ._strategies import actions, scripts
 
@@ -71,6 +72,7 @@ def _content(events: list[BaseRunEvent]) -> str:
 
 
 @needs("two_readers")
+@PROFILE
 @given(two_reader_scenarios())
 def test_a_second_reader_fails_at_once_or_both_read_everything(case: tuple[Scenario, int]) -> None:
     scenario, join_at = case
