@@ -6,7 +6,8 @@ prints its module, its seed and the command that replays it; the summary gives r
 distinct failures found. Known failures (``_known.UNTIL_REWRITE``) are generated too, unless
 ``--default-space``.
 
-Usage: ``python -m tests.properties.fuzz [--runs 10000] [--seed N] [--examples 2000] [--default-space]``
+Usage: ``python -m tests.properties.fuzz [--runs 10000] [--seed N] [--examples 2000] [--default-space]
+[--minutes M]``
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None, help="seed of the first round (then +1 each)")
     parser.add_argument("--examples", type=int, default=2000, help="hypothesis examples per test per round")
     parser.add_argument("--default-space", action="store_true", help="leave out the known failures")
+    parser.add_argument("--minutes", type=float, default=None, help="start no module after this long")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     logs = Path(tempfile.mkdtemp(prefix="tether-fuzz-"))
@@ -40,8 +42,12 @@ def main() -> int:
     started = time.monotonic()
     runs = 0
     failures: dict[tuple[str, str], list[int]] = {}
-    while runs < args.runs:
+    deadline = started + 60 * args.minutes if args.minutes else None
+    while runs < args.runs and (deadline is None or time.monotonic() < deadline):
         for module in MODULES:
+            if deadline is not None and time.monotonic() > deadline:
+                print(f"  stopped: --minutes {args.minutes} are over", flush=True)
+                break
             made, found = _round(module, seed, args, logs)
             runs += made
             for message in found:
