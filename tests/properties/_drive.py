@@ -139,7 +139,8 @@ class AsyncDriver:
                 raise self.consumer.exception()  # type: ignore[misc]
             group.cancel_scope.cancel()
         self.out.output = self.stream.output if self.stream is not None else self.out.output
-        if self.out.received and self.out.received[-1].is_terminal or self.out.stopped == "consumer":
+        closed = self.out.stopped == "consumer" and not self.out.dropped  # aclose() returned
+        if self.out.received and self.out.received[-1].is_terminal or closed:
             self.out.active_after = active_runs()  # the run has ended: it must have left the registry
         # Whatever the consumer did, it lets go of the stream now (a stream never read stays pending
         # until then): the run must leave the registry.
