@@ -38,6 +38,7 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=2000, help="hypothesis examples per test per round")
     parser.add_argument("--default-space", action="store_true", help="leave out the known failures")
     parser.add_argument("--minutes", type=float, default=None, help="start no module after this long")
+    parser.add_argument("--spaces", default=None, help="known dimensions to cycle through, comma-separated")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     logs = Path(tempfile.mkdtemp(prefix="tether-fuzz-"))
@@ -47,6 +48,8 @@ def main() -> int:
     failures: dict[tuple[str, str], list[tuple[str, int]]] = {}
     deadline = started + 60 * args.minutes if args.minutes else None
     spaces = [""] if args.default_space else [*UNTIL_REWRITE, "1"]
+    if args.spaces:
+        spaces = args.spaces.split(",")
     rounds = 0
     while runs < args.runs and (deadline is None or time.monotonic() < deadline):
         known = spaces[rounds % len(spaces)]
