@@ -8,7 +8,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 LOWEST_VENV := .venv-lowest
 LOWEST_STAMP := $(LOWEST_VENV)/.installed
 
-.PHONY: demo test test-lowest bench lint typecheck check clean
+.PHONY: demo test test-lowest fuzz bench lint typecheck check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ $(LOWEST_STAMP): pyproject.toml constraints/lowest.txt
 # The engine, adapters, storage, server, Redis and tools suites on those lowest versions.
 test-lowest: $(LOWEST_STAMP)
 	$(LOWEST_VENV)/bin/python -m pytest tests/run tests/models tests/storage tests/server tests/distributed tests/tools $(PYTEST_ARGS)
+
+# Property-based fuzzing of the run engine (tests/properties, large random hypothesis profile), on one
+# core, until at least FUZZ_RUNS runs; prints the seed and a replay command for every failure.
+# SEED=N replays a session; FUZZ_ARGS=--default-space leaves out the known failures (tests/properties/_known.py).
+FUZZ_RUNS ?= 10000
+fuzz: $(STAMP)
+	nice -n 10 $(BIN)/python -m tests.properties.fuzz --runs $(FUZZ_RUNS) $(if $(SEED),--seed $(SEED)) $(FUZZ_ARGS)
 
 # The bench-only virtualenv: tether plus the baselines (Agno) and matplotlib for the chart.
 $(BENCH_STAMP): pyproject.toml bench/requirements.txt

@@ -197,6 +197,7 @@ class Agent:
             check_id("run id", chosen.run_id)
             background_loop.call(functools.partial(self._check_unused, chosen.run_id))
             chosen = replace(chosen, unused_checked=True)
+        background_loop.check_caller()
         opened = self._open(input, chosen)  # registered here: a bad id or input raises before anything
         try:
             return background_loop.call(opened.collect)

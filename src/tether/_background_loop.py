@@ -45,14 +45,18 @@ class BackgroundLoop:
         self._pid = 0
         self._atexit = False
 
-    def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run ``fn()`` on the background loop and wait for its result (its exception is raised here)."""
-        portal = self.portal()
+    def check_caller(self) -> None:
+        """Raise ConfigurationError when called from the background loop's own thread (it would block it)."""
         if threading.current_thread() is self._thread:
             raise ConfigurationError(
                 "a blocking tether call (agent.run) was made from tether's background event loop thread; "
                 "use `await agent.arun(...)` inside async code"
             )
+
+    def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn()`` on the background loop and wait for its result (its exception is raised here)."""
+        portal = self.portal()
+        self.check_caller()
         outcome = portal.call(_await, fn)
         if isinstance(outcome, _Raised):
             raise outcome.exc

@@ -39,8 +39,8 @@ async def finish(state: RunState) -> None:
     try:
         status = handle.life.decide()
         failure = handle.life.failure
-        if failure is not None and not isinstance(failure, TetherError):
-            logger.error("run %s failed", handle.run_id, exc_info=failure)
+        if failure is not None and not isinstance(failure, TetherError) and state.escaped is None:
+            logger.error("run %s failed", handle.run_id, exc_info=failure)  # (an escaped one is re-raised)
         if not channel.detached:
             channel.drop_unread()
             keep = min(max(channel.received, state.turn_start), len(state.parts))

@@ -132,6 +132,8 @@ class Lifecycle:
             if self.phase >= Phase.ENDING:
                 cancelled = self.status is RunStatus.cancelled
                 return CancelAnswer.CANCELLED if cancelled else CancelAnswer.ENDED
+            if self.failure is not None:
+                return CancelAnswer.ENDED  # it failed before this request: it ends in ERROR, not stopped
             if self.level is CancelLevel.NONE:
                 self.reason, self.source = reason, source
             wanted = CancelLevel.IMMEDIATE if mode == "immediate" else CancelLevel.AFTER_TURN

@@ -30,7 +30,8 @@ class RunStream:
 
     ``async for event in stream`` consumes it; ``await stream.collect()`` drains it into a
     :class:`RunOutput`. The run starts when the stream is first read, in the reader's event loop,
-    and it is read by one task at a time (a second concurrent reader gets :class:`StreamBusyError`).
+    and it has one reader: the task that first reads it (another task, or another event loop, gets
+    :class:`StreamBusyError`). Read again after its end, it yields nothing; ``output`` holds the result.
     Stopping early (``break``, :meth:`aclose`, dropping the stream) cancels the run with
     ``source="consumer"``; if the reading task is itself cancelled, the run is cancelled with
     ``source="outer"`` and the ``CancelledError`` propagates. Either way the run keeps exactly the
@@ -46,13 +47,14 @@ class RunStream:
         print(stream.output.status)
     """
 
-    __slots__ = ("__weakref__", "_ended", "_loop", "_make_state", "_state", "_unacked", "handle")
+    __slots__ = ("__weakref__", "_ended", "_loop", "_make_state", "_reader", "_state", "_unacked", "handle")
 
     def __init__(self, handle: RunHandle, make_state: Callable[[RunHandle], RunState]) -> None:
         self.handle = handle
         self._make_state = make_state
         self._state: RunState | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop the run (and its reader) is on
+        self._reader: asyncio.Task[object] | None = None  # the task that reads it (None: batches)
         self._unacked = 0  # RunContent events of the last batch, until the next call acknowledges it
         self._ended = True  # until registered, so a failed __init__ leaves nothing for __del__
         registry.register(handle)
@@ -71,7 +73,16 @@ class RunStream:
         return self
 
     async def __anext__(self) -> BaseRunEvent:
-        state = self._state or self._start()
+        if self._state is None:
+            state = self._start()
+            self._reader = asyncio.current_task()
+        else:
+            state = self._state
+            if self._reader is not None and asyncio.current_task() is not self._reader:
+                raise StreamBusyError(
+                    f"run {self.run_id} is read by another task; a RunStream has one reader "
+                    "(the task that first read it)"
+                )
         channel = state.channel
         busy = False
         try:
@@ -107,6 +118,8 @@ class RunStream:
         Calling it again acknowledges the previous batch as received.
         """
         self._unacked = 0
+        if self._state is None:
+            self._start()  # read in batches: each call may come from a task of its own
         try:
             first = await self.__anext__()
         except StopAsyncIteration:

@@ -132,7 +132,7 @@ def _run_routes(router: APIRouter, state: ServerState) -> None:
             logger.exception("cancelling run %s failed", run_id, exc_info=exc)
             raise HTTPProblem(500, "Failed to cancel run") from exc
         if answer is not None:
-            if handle is not None and answer is not CancelAnswer.ENDED:
+            if handle is not None:  # an ENDED answer may come while a failed run still ends
                 await _wait_ended(handle, wait)
             status = _status_here(handle, run_id)
             if answer is CancelAnswer.ENDED:
