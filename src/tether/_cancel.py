@@ -75,6 +75,6 @@ def _cancel_here(
 ) -> bool | None:
     """The answer when this process decides (the run lives here, or there is no remote); else None."""
     check_mode(mode, grace)
-    if registry.get(run_id) is not None or registry.remote is None:
+    if registry.get(run_id) is not None or registry.remote is None or registry.ended_output(run_id):
         return registry.cancel(run_id, reason=reason, agent_id=agent_id, mode=mode, grace=grace)
     return None

@@ -46,6 +46,9 @@ class SyncRunStream:
     def __next__(self) -> BaseRunEvent:
         if not self._buffer:
             if self._finished:
+                escaped = self._stream.take_escaped()
+                if escaped is not None:
+                    raise escaped
                 raise StopIteration
             try:
                 batch = background_loop.call(self._stream.next_batch)
@@ -57,6 +60,9 @@ class SyncRunStream:
             if not batch:
                 self._finished = True
                 raise StopIteration
+            # After the terminal event nothing is asked of the background loop again (at interpreter
+            # exit it may be gone, and a thread still iterating must end cleanly).
+            self._finished = batch[-1].is_terminal
             self._buffer.extend(batch)
         return self._buffer.popleft()
 

@@ -15,9 +15,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 import redis
 
@@ -26,9 +28,12 @@ from tether import Agent, RemoteCancelError, RunEvent, RunStatus
 from tether._background_loop import background_loop as bridge
 from tether._run._registry import RunRegistry
 from tether.distributed import RedisCancellation, RemoteOutcome
+from tether.server import create_app
+from tether.storage import SqliteStorage
 from tether.storage._base import owner_id
 from tether.testing import ScriptedModel
 
+from ..server.conftest import LiveServer
 from .conftest import ThrowawayRedis
 from .test_redis_cancellation import _until
 
@@ -437,3 +442,23 @@ async def test_a_remote_cancel_just_after_a_redis_restart_finds_the_live_run() -
         await anyio.to_thread.run_sync(owner.wait, 10)
         owner.stdout.close()
         server.stop()
+
+
+def test_a_stop_click_for_a_stored_run_answers_from_storage_while_redis_is_frozen(
+    throwaway: ThrowawayRedis, tmp_path: Path
+) -> None:
+    assert throwaway.process is not None
+    agent = Agent(name="teller", model=ScriptedModel(["a ", "b "]))
+    app = create_app([agent], storage=SqliteStorage(tmp_path / "runs.db"), redis_url=throwaway.url)
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        done = http.post("/agents/teller/runs", json={"message": "go", "stream": False, "run_id": "ended-1"})
+        assert done.json()["status"] == "COMPLETED"
+        throwaway.process.send_signal(signal.SIGSTOP)
+        try:
+            answer = http.post("/agents/teller/runs/ended-1/cancel")
+        finally:
+            throwaway.process.send_signal(signal.SIGCONT)
+    assert (answer.status_code, answer.json()["detail"]) == (
+        400,
+        "Run ended-1 has already ended with status COMPLETED",
+    )

@@ -59,3 +59,36 @@ def test_a_script_with_a_live_sync_run_exits_cleanly_and_stores_it(version: str,
                 "SELECT status, cancel_source FROM tether_runs WHERE run_id = 'at-exit'"
             ).fetchone()
         assert row == ("CANCELLED", "shutdown")
+
+
+READER_AT_EXIT = """
+import sys, threading
+from tether import Agent
+from tether.testing import ScriptedModel
+
+agent = Agent(model=ScriptedModel([f"w{i} " for i in range(1000)], delay=0.01))
+started = threading.Event()
+
+def reader():
+    events = []
+    try:
+        for event in agent.run("bg", stream=True):
+            events.append(event.event.value)
+            started.set()
+        sys.__stderr__.write(f"ended {events[-1]}\\n")
+    except BaseException as exc:
+        sys.__stderr__.write(f"raised {exc!r} after {events[-1]}\\n")
+    sys.__stderr__.flush()
+
+threading.Thread(target=reader, daemon=True).start()
+started.wait()
+"""
+
+
+@pytest.mark.parametrize("version", ["3.12", "3.13"])
+def test_a_thread_reading_a_sync_stream_at_interpreter_exit_ends_cleanly(version: str) -> None:
+    python = interpreter(version)
+    done = subprocess.run(
+        [python, "-W", "error", "-c", READER_AT_EXIT], capture_output=True, text=True, timeout=30
+    )
+    assert "raised" not in done.stderr, done.stderr

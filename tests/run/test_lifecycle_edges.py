@@ -8,6 +8,8 @@ turn" means the turn the consumer is reading.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -289,3 +291,53 @@ async def test_after_turn_once_the_consumer_reads_turn_two_lets_turn_two_finish(
     assert kinds.count(RunEvent.tool_call_completed) == 2
     assert stream.output is not None and stream.output.content == "t1 t2 "
     assert stream.output.status is RunStatus.cancelled
+
+
+STORAGE_RAISES = """
+import asyncio, sys, tempfile, os
+from tether import Agent
+from tether.storage import SqliteStorage
+from tether.testing import ScriptedModel
+
+where = sys.argv[1]
+
+class Raising(SqliteStorage):
+    async def start_run(self, output, owner):
+        if where == "start_run":
+            raise KeyboardInterrupt
+        await super().start_run(output, owner)
+
+    async def finish_run(self, output):
+        if where == "finish_run":
+            raise KeyboardInterrupt
+        await super().finish_run(output)
+
+async def main():
+    storage = Raising(os.path.join(tempfile.mkdtemp(), "k.db"))
+    agent = Agent(model=ScriptedModel(["a ", "b "]), storage=storage)
+    events = []
+    try:
+        async for event in agent.arun("x", stream=True):
+            events.append(event.event.value)
+    except BaseException as exc:
+        events.append(type(exc).__name__)
+    print(events, flush=True)
+    await storage.aclose()
+
+try:
+    asyncio.run(main())
+    print("loop lived", flush=True)
+except BaseException as exc:
+    print("asyncio.run raised", type(exc).__name__, flush=True)
+"""
+
+
+@pytest.mark.parametrize("where", ["start_run", "finish_run"])
+def test_a_keyboard_interrupt_from_storage_ends_the_run_with_a_terminal_event_not_the_loop(
+    where: str,
+) -> None:
+    command = [sys.executable, "-c", STORAGE_RAISES, where]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "loop lived", done.stdout + done.stderr[-2000:]
+    assert "CancelledError" not in lines[0]

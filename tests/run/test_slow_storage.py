@@ -111,3 +111,18 @@ async def test_repeated_cancels_during_a_slow_final_write_all_find_the_run(tmp_p
     assert stored.cancel_reason == "first" and stored.content == terminals[0].content
     assert registry.answer_cancel("slow-1") is None, "stored and forgotten: storage answers from here on"
     await storage.aclose()
+
+
+async def test_cancel_run_answers_true_for_a_run_just_stopped_by_a_cancel(tmp_path: Path) -> None:
+    storage = SlowFinalWrites(tmp_path / "runs.db")
+    agent = Agent(model=ScriptedModel([f"w{i} " for i in range(100)], delay=0.01), storage=storage)
+    stream = agent.arun("go", stream=True)
+    answers = []
+    async for event in stream:
+        if event.event == RunEvent.run_content and not answers:
+            answers.append(agent.cancel_run(stream.run_id, "first"))
+        elif event.event == RunEvent.run_cancelled:
+            # The run's final write is still under way (the server answers 200 CANCELLED for it now).
+            answers.append(agent.cancel_run(stream.run_id, "second"))
+    await storage.aclose()
+    assert answers == [True, True]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from tether import Agent, RunEvent, RunStatus
+from tether import Agent, RunEvent, RunStatus, ToolCallCompletedEvent
 from tether._run import RunHandle, registry
 from tether._run._lifecycle import Phase
 from tether.testing import Reply, ScriptedModel, ScriptedToolCall
@@ -92,3 +92,28 @@ async def test_a_sub_agent_answer_is_the_tool_result() -> None:
     out = await parent.arun("report")
     assert out.status is RunStatus.completed
     assert [m.content for m in out.messages if m.role == "tool"] == ["Fact: "]
+
+
+async def test_after_turn_lets_a_sub_agent_tool_call_finish_and_keeps_its_answer() -> None:
+    child = Agent(name="child", model=ScriptedModel([f"c{i} " for i in range(30)], delay=0.01))
+    parent = Agent(
+        name="parent",
+        model=ScriptedModel(
+            turns=[
+                Reply(chunks=["p "], tool_calls=[ScriptedToolCall("ask_child", '{"input": "go"}')]),
+                Reply(chunks=["done"]),
+            ]
+        ),
+        tools=[child.as_tool()],
+    )
+    stream = parent.arun("x", stream=True)
+    completed = []
+    async for event in stream:
+        if event.event == RunEvent.tool_call_started:
+            parent.cancel_run(stream.run_id, "gentle", mode="after_turn")
+        elif isinstance(event, ToolCallCompletedEvent):
+            completed.append(event.error)
+    assert stream.output is not None
+    tool_results = [m.content for m in stream.output.messages if m.role == "tool"]
+    assert (completed, tool_results) == ([None], ["".join(f"c{i} " for i in range(30))])
+    assert stream.output.status is RunStatus.cancelled

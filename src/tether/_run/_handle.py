@@ -57,6 +57,7 @@ class RunHandle:
         self.user_id = user_id
         self.timeout = timeout
         self.life = Lifecycle()
+        self.life.escalate_to = self._escalate
         self.snapshot: Callable[[], RunOutput] | None = None  # the live output, once the run started
         self.children: list[RunHandle] = []
         self.task: asyncio.Task[None] | None = None
@@ -124,10 +125,16 @@ class RunHandle:
         """:meth:`request_cancel` with the three-way answer (stopping / already cancelled / ended)."""
         check_mode(mode, grace)
         answer = self.life.request(None if reason is None else scrub(reason), source, mode, grace)
-        if answer is CancelAnswer.STOPPING:
+        if answer is CancelAnswer.STOPPING and mode == "immediate":
+            # A graceful stop lets the current turn's tool calls finish, sub-agents included; an
+            # immediate one (or a graceful one escalated by its grace) stops them first.
             for child in list(self.children):
-                child.request_cancel(self.life.reason, "parent", mode=mode, grace=grace)
+                child.request_cancel(self.life.reason, "parent")
         return answer
+
+    def _escalate(self) -> None:
+        """A graceful stop's grace is over: stop now, sub-agents first (on the run's loop)."""
+        self.request_cancel(self.life.reason, self.life.source or "user")
 
     def start(self, scope: anyio.CancelScope) -> None:
         """The run's task entered its cancel scope (PENDING → RUNNING)."""
@@ -140,11 +147,10 @@ class RunHandle:
     # -- sub-agent runs --------------------------------------------------------------------------
 
     def add_child(self, child: RunHandle) -> None:
-        """Link a sub-agent run; it is stopped at once if this run is already stopping."""
+        """Link a sub-agent run; it is stopped at once if this run is already being interrupted."""
         self.children.append(child)
-        level, reason = self.life.level, self.life.reason
-        if level:
-            child.request_cancel(reason, "parent", mode="immediate" if self.interrupting else "after_turn")
+        if self.interrupting:
+            child.request_cancel(self.life.reason, "parent")
 
     def remove_child(self, child: RunHandle) -> None:
         with contextlib.suppress(ValueError):  # already gone

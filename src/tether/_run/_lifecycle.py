@@ -75,6 +75,7 @@ class Lifecycle:
         "_scope",
         "_thread",
         "_timers",
+        "escalate_to",
         "failure",
         "level",
         "phase",
@@ -97,6 +98,7 @@ class Lifecycle:
         self._grace: float | None = None
         self._timers: list[asyncio.TimerHandle] = []
         self._done: anyio.Event | None = None
+        self.escalate_to: Callable[[], object] | None = None  # what an expired grace does (the handle's)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -224,8 +226,12 @@ class Lifecycle:
         with self._lock:
             if self.phase >= Phase.ENDING or self.interrupting:
                 return
-            self.level = CancelLevel.IMMEDIATE
-        self._interrupt()
+            if self.escalate_to is None:
+                self.level = CancelLevel.IMMEDIATE
+        if self.escalate_to is not None:
+            self.escalate_to()  # an immediate request: escalates, interrupts, stops sub-agents
+        else:
+            self._interrupt()
 
     def _arm(self, delay: float, callback: Callable[[], object]) -> None:
         if self._loop is not None and self.phase is Phase.RUNNING:

@@ -24,6 +24,7 @@ import anyio
 
 from .._messages import Message
 from ..exceptions import ConfigurationError
+from ._escaped import carried, unwrapped
 from ._events import RunStatus
 from ._output import RunOutput
 from ._registry import registry
@@ -91,19 +92,19 @@ async def prepare(state: RunState) -> None:
         _bounded(storage.start_run(snapshot(state, RunStatus.running), owner_id())),
         name=f"tether-start-write-{state.handle.run_id}",
     )
-    await asyncio.shield(write)
+    await unwrapped(asyncio.shield(write))
 
 
 async def _detached(read: Awaitable[T], name: str) -> T:
     """Await ``read`` in a task of its own: a cancel interrupts the wait at once, whatever storage does."""
     task = asyncio.get_running_loop().create_task(_bounded_read(read), name=name)
     task.add_done_callback(_retrieve)
-    return await asyncio.shield(task)
+    return await unwrapped(asyncio.shield(task))
 
 
 async def _bounded_read(read: Awaitable[T]) -> T:
     with anyio.fail_after(PERSIST_TIMEOUT):
-        return await read
+        return await carried(read)
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -144,7 +145,7 @@ async def settle_writes(within: float) -> None:
 
 async def _bounded(write: Awaitable[None]) -> None:
     with anyio.fail_after(PERSIST_TIMEOUT):
-        await write
+        await carried(write)
 
 
 async def _final_write(storage: Storage, output: RunOutput, started: asyncio.Task[None] | None) -> None:

@@ -136,12 +136,12 @@ class RunRegistry:
         mode: CancelMode = "immediate",
         grace: float | None = None,
     ) -> bool:
-        """Cancel an active run of this process; True iff it is stopping (or already stopped by a cancel)."""
-        check_mode(mode, grace)
-        handle = self.get(run_id)
-        if handle is None or (agent_id is not None and handle.agent_id != agent_id):
-            return False
-        return handle.request_cancel(reason, source, mode=mode, grace=grace)
+        """Cancel a run of this process; True iff it is stopping or has just been stopped by a cancel
+        (its final write may still be under way)."""
+        answer = self.answer_cancel(
+            run_id, reason=reason, source=source, agent_id=agent_id, mode=mode, grace=grace
+        )
+        return answer is CancelAnswer.STOPPING or answer is CancelAnswer.CANCELLED
 
 
 registry = RunRegistry()

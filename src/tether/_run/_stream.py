@@ -141,6 +141,14 @@ class RunStream:
         self._unacked = channel.received - before
         return batch
 
+    def take_escaped(self) -> BaseException | None:
+        """The KeyboardInterrupt or SystemExit that ended the run, once (for a reader that raises it)."""
+        state = self._state
+        if state is None:
+            return None
+        escaped, state.escaped = state.escaped, None
+        return escaped
+
     async def collect(self) -> RunOutput:
         """Read the run to its end and return its output (a cancelled run does not raise)."""
         async for _ in self:

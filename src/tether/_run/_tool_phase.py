@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import anyio
@@ -11,6 +10,7 @@ from .._messages import Message, ToolCall
 from .._text import scrub
 from ..tools._execute import ToolOutcome, execute, parse_arguments
 from ._context import RunContext
+from ._escaped import Escaped, carried
 from ._events import RunStatus, ToolCallCompletedEvent, ToolCallStartedEvent
 from ._state import RunState
 
@@ -29,35 +29,19 @@ async def run_tool_calls(state: RunState, calls: list[ToolCall]) -> None:
     close_pending(state, None)
 
 
-class _Escaped(Exception):
-    """Carries a KeyboardInterrupt or SystemExit out of a tool's task (which it would otherwise end
-    together with the event loop: asyncio re-raises those from any task)."""
-
-    def __init__(self, exc: BaseException) -> None:
-        super().__init__(repr(exc))
-        self.exc = exc
-
-
 def _first(group: BaseExceptionGroup) -> BaseException:
     """The one exception to raise in the run for a failed tool phase (an escaped one first)."""
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
             exc = _first(exc)
-        if isinstance(exc, _Escaped):
+        if isinstance(exc, Escaped):
             return exc.exc
     first = group.exceptions[0]
     return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 async def _one_call(state: RunState, call: ToolCall, context: RunContext) -> None:
-    try:
-        await _run_call(state, call, context)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        raise
-    except BaseException as exc:
-        raise _Escaped(exc) from exc
+    await carried(_run_call(state, call, context))
 
 
 async def _run_call(state: RunState, call: ToolCall, context: RunContext) -> None:

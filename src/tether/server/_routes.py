@@ -138,11 +138,13 @@ def _run_routes(router: APIRouter, state: ServerState) -> None:
             if answer is CancelAnswer.ENDED:
                 raise HTTPProblem(400, f"Run {run_id} has already ended with status {status.value}")
             return CancelResult(run_id=run_id, agent_id=agent.id, status=status)
-        if registry.remote is not None:
+        stored = await _stored(state, agent, run_id, failure="Failed to cancel run")
+        if registry.remote is not None and (stored is None or stored.status.is_active):
+            # live elsewhere, perhaps: only then is Redis asked (a stored end answers without it)
             remote_status = await _cancel_remote(state, agent.id, run_id, body, wait)
             if remote_status is not None:
                 return CancelResult(run_id=run_id, agent_id=agent.id, status=remote_status)
-        stored = await _stored(state, agent, run_id, failure="Failed to cancel run")
+            stored = await _stored(state, agent, run_id, failure="Failed to cancel run")
         if stored is None or stored.status.is_active:
             raise HTTPProblem(404, "Run not found")
         if stored.status is RunStatus.cancelled:  # a repeated Stop: the run is stopped, as asked
