@@ -153,7 +153,12 @@ def check_status(sc: Scenario, built: Built, outcome: Outcome, final: RunOutput)
     if not issued_sources:
         expected = RunStatus.error if raised is not None else RunStatus.completed
         assert final.status is expected, "a run nobody stopped did not end on its own terms"
-    if any(not i.action.graceful for i in outcome.cancelled_by_user()):
+    answered = outcome.cancelled_by_user()
+    # An immediate cancel that answered True stops the run; one with a grace stops it too unless the model
+    # failed before the grace ran out (an error during a graceful stop is reported).
+    if any(i.action.mode == "immediate" for i in answered) or (
+        raised is None and any(not i.action.graceful for i in answered)
+    ):
         assert final.status is RunStatus.cancelled, "cancel_run answered True but the run was not cancelled"
     if sc.only_graceful and raised is not None:
         assert final.status is RunStatus.error, "a graceful stop hid the model's error"
