@@ -105,9 +105,10 @@ async def test_a_connection_killed_twice_is_a_clear_error_and_the_store_works_af
         async def write() -> None:
             with pytest.raises(StorageError) as failure:
                 await store.finish_run(run("r1"))
-            assert str(failure.value) == (
+            # asyncpg's own words after ours differ between its versions (0.29 stops at "operation")
+            assert str(failure.value).startswith(
                 "could not write run r1 to PostgreSQL at 127.0.0.1:5432/test: connection was closed "
-                "in the middle of operation: terminating connection due to administrator command"
+                "in the middle of operation"
             )
 
         group.start_soon(write)
