@@ -138,13 +138,11 @@ def _run_routes(router: APIRouter, state: ServerState) -> None:
             if answer is CancelAnswer.ENDED:
                 raise HTTPProblem(400, f"Run {run_id} has already ended with status {status.value}")
             return CancelResult(run_id=run_id, agent_id=agent.id, status=status)
-        stored = await _stored(state, agent, run_id, failure="Failed to cancel run")
-        if registry.remote is not None and (stored is None or stored.status.is_active):
-            # live elsewhere, perhaps: only then is Redis asked (a stored end answers without it)
-            remote_status = await _cancel_remote(state, agent.id, run_id, body, wait)
+        if registry.remote is not None:
+            remote_status = await _cancel_remote(state, agent, run_id, body, wait)
             if remote_status is not None:
                 return CancelResult(run_id=run_id, agent_id=agent.id, status=remote_status)
-            stored = await _stored(state, agent, run_id, failure="Failed to cancel run")
+        stored = await _stored(state, agent, run_id, failure="Failed to cancel run")
         if stored is None or stored.status.is_active:
             raise HTTPProblem(404, "Run not found")
         if stored.status is RunStatus.cancelled:  # a repeated Stop: the run is stopped, as asked
@@ -199,18 +197,23 @@ def _read_routes(router: APIRouter, state: ServerState) -> None:
 
 
 async def _cancel_remote(
-    state: ServerState, agent_id: str, run_id: str, body: CancelRequest, wait: float
+    state: ServerState, agent: Agent, run_id: str, body: CancelRequest, wait: float
 ) -> RunStatus | None:
     """Cancel a run another worker owns; its status after up to ``wait`` s, or None if it is not live.
 
     A run whose worker is gone (killed) is stored as ERROR "worker exited while the run was active".
+    With Redis unreachable, a run whose end is stored is answered from storage (None); else a 500.
     """
     assert registry.remote is not None
+    agent_id = agent.id
     try:
         outcome = await registry.remote.cancel(
             run_id, agent_id=agent_id, reason=body.reason, mode=body.mode, grace=body.grace
         )
     except RemoteCancelError as exc:
+        stored = await _stored(state, agent, run_id, failure="Failed to cancel run")
+        if stored is not None and not stored.status.is_active:
+            return None  # ended and stored: the answer needs no other worker
         logger.error("cancelling run %s through Redis failed: %s", run_id, exc)
         raise HTTPProblem(500, "Failed to cancel run") from exc
     if outcome is RemoteOutcome.owner_dead:  # the run died with its worker: its row says so from now on
