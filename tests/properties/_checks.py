@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -24,13 +23,7 @@ from tether._text import scrub
 from ._drive import Outcome
 from ._scenarios import Built, Scenario, expected_result
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
 IMMEDIATE_SOURCES = ("timeout", "consumer", "outer")
-
-
-def norm(text: str) -> str:
-    """``text`` with each lone surrogate as U+FFFD: the one replacement an engine may make."""
-    return _SURROGATE.sub("\ufffd", text)
 
 
 def turn_text(turn: Any) -> str:
