@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -88,3 +89,12 @@ class ThrowawayRedis:
             self.process.kill()
             self.process.wait(5)
             self.process = None
+
+
+def next_message(pubsub: Any) -> Any:
+    """The next published message (get_message also returns None for a subscription it skipped)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if (message := pubsub.get_message(timeout=deadline - time.monotonic())) is not None:
+            return message
+    raise AssertionError("no message within 5 s")

@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -21,7 +22,7 @@ from tether.distributed import RedisCancellation
 from tether.storage._base import owner_id
 from tether.testing import ScriptedModel
 
-from .conftest import ThrowawayRedis, free_port
+from .conftest import ThrowawayRedis, free_port, next_message
 
 pytestmark = pytest.mark.anyio
 
@@ -115,6 +116,54 @@ async def test_a_burst_of_runs_is_registered_through_a_few_connections(prefix: s
         await _until(lambda: watcher.hlen(f"{prefix}runs") == 0)
     finally:
         watcher.close()
+        await remote.adetach()
+        server.stop()
+
+
+async def test_remote_cancels_open_no_connection_and_get_their_own_answers(prefix: str) -> None:
+    """Answers come on this process's one reply subscription, each to the request it answers."""
+    server = ThrowawayRedis().start()
+    # A heartbeat that does not come again: the command pool's size is the rounds' concurrency.
+    canceller = RedisCancellation(server.url, prefix=prefix, ack_timeout=2, heartbeat_interval=60)
+    remote = await canceller.aattach()
+    owner = redis.Redis(port=server.port)
+    owner.set(f"{prefix}owner:scripted", b'{"interval": 30, "ttl": 60}', ex=60)
+    results = {"run-a": "cancelled", "run-b": "ended", "run-c": "not_found"}
+    owner.hset(f"{prefix}runs", mapping=dict.fromkeys(results, b'{"owner": "scripted", "agent": "a"}'))
+    inbox = owner.pubsub(ignore_subscribe_messages=True)
+    inbox.subscribe(f"{prefix}cancel:scripted")
+    rounds = 20  # of 6 concurrent cancels, the first one to fill the command pool
+
+    def scripted_owner() -> None:  # answers the requests in pairs, the second one first
+        for _ in range(rounds * 3):
+            pair = [json.loads(next_message(inbox)["data"]) for _ in range(2)]
+            for request in reversed(pair):
+                answer = {"request": request["id"], "result": results[request["run_id"]]}
+                owner.publish(f"{prefix}reply:{request['reply_to']}", json.dumps(answer))
+
+    answers: dict[str, str] = {}
+
+    async def cancel(run_id: str) -> None:
+        outcome = await remote.cancel(run_id, agent_id="a", reason=None, mode="immediate", grace=None)
+        answers[run_id] = outcome.value
+
+    try:
+        await _until(lambda: owner.pubsub_numsub(f"{prefix}reply:{owner_id()}")[0][1] == 1)
+        thread = threading.Thread(target=scripted_owner)
+        thread.start()
+        for round_ in range(rounds):
+            if round_ == 1:
+                before = int(owner.info("stats")["total_connections_received"])
+            answers.clear()
+            async with anyio.create_task_group() as tg:
+                for run_id in [*results, *results]:
+                    tg.start_soon(cancel, run_id)
+            assert answers == results
+        await anyio.to_thread.run_sync(thread.join)
+        assert int(owner.info("stats")["total_connections_received"]) == before
+    finally:
+        inbox.close()
+        owner.close()
         await remote.adetach()
         server.stop()
 

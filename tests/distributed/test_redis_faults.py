@@ -34,7 +34,7 @@ from tether.storage._base import owner_id
 from tether.testing import ScriptedModel
 
 from ..server.conftest import LiveServer
-from .conftest import ThrowawayRedis
+from .conftest import ThrowawayRedis, next_message
 from .test_redis_cancellation import _until
 
 pytestmark = pytest.mark.anyio
@@ -161,12 +161,14 @@ async def test_garbage_sent_to_a_canceller_is_skipped_and_the_answer_is_exact(
     requests: list[dict[str, Any]] = []
 
     def scripted_owner() -> None:
-        for answer in [b'{"result": "cancelled"}', b'{"result": "failed"}']:
-            requests.append(json.loads(_next_message(listener)["data"]))
-            ack = f"{prefix}ack:{requests[-1]['id']}"
-            for junk in [b"junk", b'{"result": "maybe"}', b'{"result": 1}', b"{}"]:
-                writer.publish(ack, junk)
-            writer.publish(ack, answer)
+        for result in ["cancelled", "failed"]:
+            requests.append(json.loads(next_message(listener)["data"]))
+            reply, request_id = f"{prefix}reply:{requests[-1]['reply_to']}", requests[-1]["id"]
+            junk = [b"junk", b'{"result": "cancelled"}', json.dumps({"request": request_id, "result": 1})]
+            junk += [b"{}", json.dumps({"request": "another", "result": "ended"})]
+            for data in junk:
+                writer.publish(reply, data)
+            writer.publish(reply, json.dumps({"request": request_id, "result": result}))
 
     try:
         owner = threading.Thread(target=scripted_owner)
@@ -183,6 +185,7 @@ async def test_garbage_sent_to_a_canceller_is_skipped_and_the_answer_is_exact(
             "reason": "r",
             "mode": "immediate",
             "grace": None,
+            "reply_to": owner_id(),
         }
         for junk in ("junk-1", "junk-2"):  # an entry that cannot be read names no live run
             assert await remote.cancel(junk, agent_id=None, reason=None, mode="immediate", grace=None) is (
@@ -326,16 +329,17 @@ async def test_a_keyboard_interrupt_in_the_listener_neither_ends_it_nor_the_back
     remote = await RedisCancellation(redis_url, prefix=prefix, heartbeat_interval=0.2).aattach(to=Exploding())
     writer = redis.Redis.from_url(redis_url)
     acks = writer.pubsub(ignore_subscribe_messages=True)
-    acks.subscribe(f"{prefix}ack:first", f"{prefix}ack:second")
+    acks.subscribe(f"{prefix}reply:scripted")
     try:
         channel = f"{prefix}cancel:{owner_id()}"
         await _until(lambda: writer.pubsub_numsub(channel)[0][1] == 1)
-        writer.publish(channel, json.dumps({"id": "first", "run_id": "boom"}))
-        writer.publish(channel, json.dumps({"id": "second", "run_id": "missing"}))
-        answers = [await anyio.to_thread.run_sync(_next_message, acks) for _ in range(2)]
-        assert [(m["channel"].decode(), json.loads(m["data"])) for m in answers] == [
-            (f"{prefix}ack:first", {"result": "failed"}),
-            (f"{prefix}ack:second", {"result": "not_found"}),
+        for request_id, run_id in [("first", "boom"), ("second", "missing")]:
+            request = {"id": request_id, "run_id": run_id, "reply_to": "scripted"}
+            writer.publish(channel, json.dumps(request))
+        answers = [await anyio.to_thread.run_sync(next_message, acks) for _ in range(2)]
+        assert [json.loads(m["data"]) for m in answers] == [
+            {"request": "first", "result": "failed"},
+            {"request": "second", "result": "not_found"},
         ]
         assert await anyio.to_thread.run_sync(bridge.call, _answer) == 42
         failures = [r for r in caplog.records if r.levelname == "ERROR"]
@@ -347,15 +351,6 @@ async def test_a_keyboard_interrupt_in_the_listener_neither_ends_it_nor_the_back
         acks.close()
         writer.close()
         await remote.adetach()
-
-
-def _next_message(pubsub: Any) -> Any:
-    """The next published message (get_message also returns None for a subscription it skipped)."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if (message := pubsub.get_message(timeout=deadline - time.monotonic())) is not None:
-            return message
-    raise AssertionError("no message within 5 s")
 
 
 async def _answer() -> int:

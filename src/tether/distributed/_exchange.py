@@ -2,12 +2,14 @@
 
 1. ``runs[<run>]`` names the owner (no entry, or another agent's run: ``not_found``). A Redis that has
    just restarted (empty) is given a heartbeat interval for the owners to write their entries again.
-2. Subscribe to ``ack:<request>``, then write the durable ``marker:<run>``, then publish on
-   ``cancel:<owner>`` (twice at most): a live owner answers by pub/sub within ``ack_timeout``.
+2. Write the durable ``marker:<run>`` and publish on ``cancel:<owner>`` (one round trip; published twice
+   at most): a live owner answers on ``reply:<canceller>``, which this process's listener is subscribed
+   to already (:class:`Replies`), within ``ack_timeout``. No connection is opened per cancel.
 3. No answer: a live owner still answers when its next heartbeat applies the marker, so wait until that
    heartbeat is due (plus ``ack_timeout``), and on while the owner keeps beating (after a Redis outage
    every owner is late). No beat for two of its intervals while Redis answers us: the owner is dead;
-   its entries are removed and the answer is ``owner_dead``.
+   its entries are removed and the answer is ``owner_dead``. An answer lost in transit is read from the
+   owner's durable copy, ``answer:<request>``.
 
 The request id makes the exchange idempotent: sent twice (a retry), it is applied once and answered the
 same way (the owner remembers its recent answers).
@@ -15,6 +17,7 @@ same way (the owner remembers its recent answers).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -37,21 +40,48 @@ RESTART_SETTLE = 5.0
 again: owners write their entries again at their next heartbeat (every 2 s by default)."""
 
 
+class Replies:
+    """The answers this process's exchanges wait for, delivered by its listener (one subscription to
+    ``reply:<owner>`` for every cancel this process sends). Used on the background loop only."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[Ack]] = {}
+        self.ready = asyncio.Event()
+        """Set while the listener is subscribed: an answer published now reaches :meth:`deliver`."""
+
+    def expect(self, request_id: str) -> asyncio.Future[Ack]:
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        return future
+
+    def forget(self, request_id: str) -> None:
+        self._waiting.pop(request_id, None)
+
+    def deliver(self, ack: Ack) -> None:
+        """Hand ``ack`` to the exchange waiting for it (an answer nobody waits for is dropped)."""
+        future = self._waiting.get(ack.request)
+        if future is not None and not future.done():
+            future.set_result(ack)
+
+
 async def exchange(
     client: aioredis.Redis,
-    subscriber: aioredis.Redis,
+    replies: Replies,
     keys: Keys,
     request: Request,
     *,
     ack_timeout: float,
     default_interval: float,
 ) -> RemoteOutcome:
-    """Deliver ``request`` (commands on ``client``, the ack subscription on ``subscriber``); its outcome.
+    """Deliver ``request`` (its ``reply_to`` set: answers come through ``replies``); its outcome.
 
     Raises redis' errors (the caller translates them), and
     :class:`~tether.exceptions.RemoteCancelError` if the owner failed to apply it."""
-    since = await _redis_now(client)
-    raw = await client.hget(keys.runs, request.run_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.time()
+    pipe.hget(keys.runs, request.run_id)
+    (seconds, micros), raw = await pipe.execute()
+    since = float(seconds) + float(micros) / 1e6
     if raw is None:  # unknown, or Redis restarted empty and the owner has not written it again yet
         settle = min(default_interval, RESTART_SETTLE) + ack_timeout
         raw = await _read_again_after_a_restart(client, keys, request.run_id, settle)
@@ -59,19 +89,26 @@ async def exchange(
     if entry is None or request.agent_id not in (None, entry.agent):
         return RemoteOutcome.not_found
     payload = request.dumps()
-    async with subscriber.pubsub() as pubsub:
-        await pubsub.subscribe(keys.ack(request.id))  # before the marker: an answer to it is not missed
-        await client.set(keys.marker(request.run_id), payload, ex=MARKER_TTL)
-        for _attempt in range(2):  # one retry: a message lost in transit is sent again
-            await client.publish(keys.cancel(entry.owner), payload)
-            if (ack := await _next_ack(pubsub, ack_timeout / 2, keys.ack(request.id))) is not None:
+    answer = replies.expect(request.id)
+    try:
+        with anyio.move_on_after(ack_timeout):  # the listener (re)subscribing: its answer would be lost
+            await replies.ready.wait()
+        for attempt in range(2):  # one retry: a message lost in transit is sent again
+            pipe = client.pipeline(transaction=False)
+            if attempt == 0:
+                pipe.set(keys.marker(request.run_id), payload, ex=MARKER_TTL)
+            pipe.publish(keys.cancel(entry.owner), payload)
+            await pipe.execute()
+            if (ack := await _within(answer, ack_timeout / 2)) is not None:
                 return _outcome(ack, request)
         due = await next_beat_within(client, keys, entry.owner, default_interval)
-        if (ack := await _next_ack(pubsub, due + ack_timeout, keys.ack(request.id))) is not None:
+        if (ack := await _within(answer, due + ack_timeout)) is not None:
             return _outcome(ack, request)
-        waited = await _while_it_beats(client, pubsub, keys, entry.owner, request, ack_timeout, since)
+        waited = await _while_it_beats(client, answer, keys, entry.owner, request, ack_timeout, since)
         if waited is not None:
             return _outcome(waited, request)
+    finally:
+        replies.forget(request.id)
     await client.delete(keys.marker(request.run_id))
     removed = await forget_owner(client, keys, entry.owner)
     logger.warning(
@@ -85,7 +122,7 @@ async def exchange(
 
 async def _while_it_beats(
     client: aioredis.Redis,
-    pubsub: Any,
+    answer: asyncio.Future[Ack],
     keys: Keys,
     owner: str,
     request: Request,
@@ -112,7 +149,7 @@ async def _while_it_beats(
         now = await _redis_now(client)
         if now >= limit:  # no heartbeat for two of its intervals while Redis answered: dead...
             return await _kept_answer(client, keys, request)  # ...unless it answered just now
-        if (ack := await _next_ack(pubsub, limit - now, keys.ack(request.id))) is not None:
+        if (ack := await _within(answer, limit - now)) is not None:
             return ack
         if time.monotonic() > deadline:
             raise RemoteCancelError(
@@ -152,11 +189,8 @@ def _outcome(ack: Ack, request: Request) -> RemoteOutcome:
     return RemoteOutcome(ack.result)
 
 
-async def _next_ack(pubsub: Any, within: float, where: str) -> Ack | None:
-    """The first well-formed answer within ``within`` seconds (garbage on the channel is skipped)."""
-    deadline = time.monotonic() + within
-    while (left := deadline - time.monotonic()) > 0:
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
-        if message is not None and (ack := parse(Ack, message["data"], where)) is not None:
-            return ack
-    return None
+async def _within(answer: asyncio.Future[Ack], seconds: float) -> Ack | None:
+    """The answer, if it comes within ``seconds``; None otherwise (the future stays usable)."""
+    if not answer.done():
+        await asyncio.wait((answer,), timeout=max(seconds, 0))
+    return answer.result() if answer.done() else None

@@ -8,7 +8,9 @@ Keys, under ``prefix`` (their names and message shapes are in ``_wire``):
 - ``owner:<owner>``: the owner's liveness, refreshed by one heartbeat pipeline every few seconds; when it
   has expired, every live worker's heartbeat removes that owner's ``runs`` entries (a page per beat);
 - ``cancel:<owner>`` (pub/sub): cancel requests for that owner's runs;
-- ``ack:<request>`` (pub/sub): the owner's answer to one request (from its listener or its heartbeat);
+- ``reply:<canceller>`` (pub/sub): the owner's answers to one canceller's requests (from its listener
+  or its heartbeat); every process's listener subscribes to its own, next to its ``cancel:`` channel;
+- ``answer:<request>``: the owner's durable copy of its answer (for an answer lost in transit);
 - ``marker:<run>``: a durable copy of a cancel request, written before publishing; the owner's heartbeat
   applies it, so a lost message still stops the run within one heartbeat.
 
@@ -45,7 +47,7 @@ from .._run._lifecycle import CancelMode
 from .._run._registry import RunRegistry, registry
 from ..exceptions import RemoteCancelError
 from ..storage._base import owner_id
-from ._exchange import exchange
+from ._exchange import Replies, exchange
 from ._outbox import Outbox
 from ._owners import forget_owner, sweep
 from ._protocol import RemoteOutcome
@@ -94,7 +96,8 @@ class RedisCancellation:
         self._writes: dict[str, concurrent.futures.Future[None]] = {}  # entries of runs not yet started
         self._answered: dict[str, AckResult] = {}  # request id -> answer, the latest ANSWERS_KEPT
         self._client: aioredis.Redis | None = None  # commands
-        self._subscriber: aioredis.Redis | None = None  # subscriptions (the listener's, and for acks)
+        self._subscriber: aioredis.Redis | None = None  # the listener's subscription
+        self._replies: Replies | None = None  # answers to this process's cancels, from the listener
         self._loop: asyncio.AbstractEventLoop | None = None  # the background loop, all Redis I/O runs there
         self._tasks: list[asyncio.Task[None]] = []  # the listener and the heartbeat
         self._writer: asyncio.Task[None] | None = None  # sends the outbox
@@ -159,6 +162,7 @@ class RedisCancellation:
         self._client = self._connect(retries=1)
         self._subscriber = self._connect(retries=0)
         self._loop = loop = asyncio.get_running_loop()
+        self._replies = Replies()
         self._stopping = False
         self._outbox.open()
         pause = min(self.heartbeat_interval, 1.0)
@@ -243,18 +247,24 @@ class RedisCancellation:
         if loop is None or self._client is None:
             raise RemoteCancelError("remote cancellation is not running")
         request = Request(
-            id=uuid.uuid4().hex, run_id=run_id, agent_id=agent_id, reason=reason, mode=mode, grace=grace
+            id=uuid.uuid4().hex,
+            run_id=run_id,
+            agent_id=agent_id,
+            reason=reason,
+            mode=mode,
+            grace=grace,
+            reply_to=self._owner,
         )
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._deliver(request), loop))
 
     async def _deliver(self, request: Request) -> RemoteOutcome:
-        client, subscriber = self._client, self._subscriber
-        if client is None or subscriber is None:
+        client, replies = self._client, self._replies
+        if client is None or replies is None:
             raise RemoteCancelError("remote cancellation is not running")
         try:
             return await exchange(
                 client,
-                subscriber,
+                replies,
                 self._keys,
                 request,
                 ack_timeout=self.ack_timeout,
@@ -282,17 +292,30 @@ class RedisCancellation:
             await asyncio.sleep(pause)
 
     async def _listen(self) -> None:
-        """One subscription to this owner's cancel channel, answering requests until stopped."""
-        client, subscriber = self._client, self._subscriber
-        if client is None or subscriber is None:
+        """One subscription to this process's cancel and reply channels, until stopped: it applies and
+        answers the requests for its runs, and hands the answers to its own requests to their exchange."""
+        client, subscriber, replies = self._client, self._subscriber, self._replies
+        if client is None or subscriber is None or replies is None:
             return
-        channel = self._keys.cancel(self._owner)
+        cancels, answers = self._keys.cancel(self._owner), self._keys.reply(self._owner)
         async with subscriber.pubsub() as pubsub:
-            await pubsub.subscribe(channel)
-            while not self._stopping:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is not None and (request := parse(Request, message["data"], channel)):
-                    await self._answer(client, request)
+            try:
+                await pubsub.subscribe(cancels, answers)
+                while not self._stopping:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    channel, data = message["channel"].decode(errors="replace"), message["data"]
+                    if message["type"] == "subscribe" and data == 2:  # both confirmed
+                        replies.ready.set()
+                    elif message["type"] != "message":
+                        continue
+                    elif channel == answers and (ack := parse(Ack, data, channel)) is not None:
+                        replies.deliver(ack)
+                    elif channel == cancels and (request := parse(Request, data, channel)) is not None:
+                        await self._answer(client, request)
+            finally:
+                replies.ready.clear()
 
     async def _beat(self) -> None:
         """One heartbeat: refresh this owner and its runs' entries, apply markers, sweep a page."""
@@ -333,10 +356,13 @@ class RedisCancellation:
             self._answered[request.id] = result
             if len(self._answered) > ANSWERS_KEPT:
                 del self._answered[next(iter(self._answered))]
-        ack = Ack(result=result).dumps()
-        await client.set(self._keys.answer(request.id), ack, ex=ANSWER_TTL)  # first: the ack may be lost
-        await client.publish(self._keys.ack(request.id), ack)
-        await client.delete(self._keys.marker(request.run_id))
+        ack = Ack(request=request.id, result=result).dumps()
+        pipe = client.pipeline(transaction=False)  # in this order: the published answer may be lost
+        pipe.set(self._keys.answer(request.id), ack, ex=ANSWER_TTL)
+        if request.reply_to is not None:
+            pipe.publish(self._keys.reply(request.reply_to), ack)
+        pipe.delete(self._keys.marker(request.run_id))
+        await pipe.execute()
 
     def _apply(self, request: Request) -> AckResult:
         handle = self._registry.get(request.run_id) if self._registry is not None else None

@@ -46,6 +46,8 @@ class Request(Message):
     reason: str | None = None
     mode: Literal["immediate", "after_turn"] = "immediate"
     grace: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    reply_to: str | None = None
+    """The canceller's owner id: the answer is published on ``reply:<reply_to>`` (None: not at all)."""
 
 
 AckResult = Literal["cancelled", "ended", "not_found", "failed"]
@@ -53,8 +55,9 @@ AckResult = Literal["cancelled", "ended", "not_found", "failed"]
 
 
 class Ack(Message):
-    """The owner's answer to one request, published on ``ack:<request>``."""
+    """The owner's answer to one request: published on ``reply:<canceller>``, kept as ``answer:<request>``."""
 
+    request: str
     result: AckResult
 
 
@@ -96,8 +99,9 @@ class Keys:
     def cancel(self, owner: str) -> str:
         return f"{self.prefix}cancel:{owner}"
 
-    def ack(self, request_id: str) -> str:
-        return f"{self.prefix}ack:{request_id}"
+    def reply(self, owner: str) -> str:
+        """The channel on which ``owner`` (as a canceller) receives the answers to its requests."""
+        return f"{self.prefix}reply:{owner}"
 
     def marker(self, run_id: str) -> str:
         return f"{self.prefix}marker:{run_id}"

@@ -42,8 +42,14 @@ class StartupError(Exception):
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A socket bound as uvicorn binds it (SO_REUSEADDR, inheritable by workers); raises StartupError."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    """A socket bound as uvicorn binds it (SO_REUSEADDR, inheritable by workers); raises StartupError.
+
+    Its protocol is IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on connections accepted from
+    such a socket (``base_events._set_nodelay``); without it a keep-alive response waits ~40 ms for
+    the client's delayed ACK (Nagle's algorithm).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
