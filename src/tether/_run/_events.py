@@ -40,11 +40,17 @@ CancelSource = Literal["user", "timeout", "consumer", "outer", "shutdown", "remo
 
 
 class BaseRunEvent(BaseModel):
-    """Fields every run event has. ``status`` is the run's status when the event was emitted."""
+    """Fields every run event has. ``status`` is the run's status when the event was emitted.
+
+    ``event_index`` is the event's position in its run: 0 for ``RunStarted``, then +1 per event as
+    the run's own consumer received them (Agno's field; over SSE also the frame's ``id:``). A reader
+    that attaches later (``agent.aattach(run_id, after=i)``) resumes after index ``i``.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     event: RunEvent
+    event_index: int = 0
     run_id: str
     agent_id: str
     agent_name: str | None = None

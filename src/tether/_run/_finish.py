@@ -117,12 +117,14 @@ def snapshot(state: RunState, status: RunStatus, failure: BaseException | None =
         error_type=error_type,
         metrics=metrics,
         created_at=state.wall_started,
+        events=None,
     )
     return construct(RunOutput, fields)
 
 
 def _terminal_event(output: RunOutput) -> BaseRunEvent:
     fields: dict[str, Any] = {
+        "event_index": 0,  # set as it is put in the channel
         "run_id": output.run_id,
         "agent_id": output.agent_id,
         "agent_name": output.agent_name,

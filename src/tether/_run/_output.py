@@ -7,7 +7,7 @@ import time
 from pydantic import BaseModel, Field
 
 from .._messages import Message
-from ._events import CancelSource, RunStatus
+from ._events import CancelSource, RunOutputEvent, RunStatus
 
 
 class RunMetrics(BaseModel):
@@ -43,3 +43,6 @@ class RunOutput(BaseModel):
     error_type: str | None = None
     metrics: RunMetrics = Field(default_factory=RunMetrics)
     created_at: int = Field(default_factory=lambda: int(time.time()))
+    events: list[RunOutputEvent] | None = Field(default=None, exclude=True, repr=False)
+    """The run's events as its consumer received them (set once it has ended, and stored with it), for
+    readers that attach after the end. Left out of ``model_dump``/JSON: too big for every answer."""

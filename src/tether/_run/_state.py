@@ -80,6 +80,7 @@ class RunState:
         self.start_write: asyncio.Task[None] | None = None  # the RUNNING row's write, once started
         self.content_fields: dict[str, Any] = {
             "event": RunEvent.run_content,
+            "event_index": 0,  # set as it is put in the channel
             **self.common(),
             "status": RunStatus.running,
         }
