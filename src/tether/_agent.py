@@ -16,13 +16,14 @@ from ._run import (
     RunContext,
     RunHandle,
     RunOutput,
+    RunReader,
     RunSpec,
     RunState,
     RunStatus,
     RunStream,
     registry,
 )
-from ._sync import SyncRunStream
+from ._sync import SyncRunReader, SyncRunStream
 from ._text import scrub
 from .exceptions import ConfigurationError, ToolError
 from .models.base import Model
@@ -102,6 +103,7 @@ class Agent:
         storage: Storage | None = None,
         history_runs: int | None = None,
         keep_interrupted: bool = True,
+        event_buffer: int = 1000,
     ) -> None:
         if model is None:
             from .models.openai import OpenAIChat
@@ -124,6 +126,9 @@ class Agent:
         self.storage = storage
         self.history_runs = history_runs
         self.keep_interrupted = keep_interrupted
+        if not isinstance(event_buffer, int) or event_buffer < 1:
+            raise ConfigurationError(f"event_buffer must be a positive integer (got {event_buffer!r})")
+        self.event_buffer = event_buffer
 
     def __repr__(self) -> str:
         return f"Agent(id={self.id!r}, model={self.model.id!r})"
@@ -132,12 +137,17 @@ class Agent:
 
     @overload
     def arun(
-        self, input: str, *, stream: Literal[False] = False, **options: Unpack[RunOptions]
+        self,
+        input: str,
+        *,
+        stream: Literal[False] = False,
+        background: bool = False,
+        **options: Unpack[RunOptions],
     ) -> Coroutine[Any, Any, RunOutput]: ...
     @overload
     def arun(self, input: str, *, stream: Literal[True], **options: Unpack[RunOptions]) -> RunStream: ...
     def arun(
-        self, input: str, *, stream: bool = False, **options: Unpack[RunOptions]
+        self, input: str, *, stream: bool = False, background: bool = False, **options: Unpack[RunOptions]
     ) -> RunStream | Coroutine[Any, Any, RunOutput]:
         """Run the agent on ``input``.
 
@@ -145,10 +155,19 @@ class Agent:
         otherwise ``await`` it for the :class:`RunOutput`. A cancelled or failed run returns its
         output with that status; it does not raise. The keyword options (``run_id``, ``session_id``,
         ``timeout``, ``history``) are described in :class:`RunOptions`.
+
+        ``background=True`` (Agno's name): ``await`` returns at once, with the run's output so far
+        (status PENDING or RUNNING, its ``run_id``); the run goes on in this event loop with no
+        consumer. Read it with :meth:`aattach`, stop it with :meth:`acancel_run`.
         """
+        chosen = _options(options)
+        if background:
+            if stream:
+                raise ConfigurationError("background=True returns at once: read the run with aattach()")
+            return self._start_background(input, chosen)
         if stream:
-            return self._open(input, _options(options))
-        return self._collect(input, _options(options))
+            return self._open(input, chosen)
+        return self._collect(input, chosen)
 
     async def _collect(self, input: str, options: _Options) -> RunOutput:
         if options.run_id is not None and self.storage is not None:
@@ -156,6 +175,33 @@ class Agent:
             await self._check_unused(options.run_id)
             options = replace(options, unused_checked=True)
         return await self._open(input, options).collect()
+
+    async def _start_background(self, input: str, options: _Options) -> RunOutput:
+        if options.run_id is not None and self.storage is not None:
+            check_id("run id", options.run_id)
+            await self._check_unused(options.run_id)
+            options = replace(options, unused_checked=True)
+        return self._open(input, options).start_background()
+
+    def aattach(self, run_id: str, *, after: int | None = None) -> RunReader:
+        """Read run ``run_id``: its events with ``event_index > after`` (all when None), then the live
+        ones, ending with the terminal event; ``async for`` over it.
+
+        Any number of readers at once, from any task, loop or thread; leaving early never cancels the
+        run. A live run is read from its buffer of the last ``event_buffer`` events: a reader whose
+        ``after`` is older gets the text it missed as one catch-up ``RunContent`` (so the texts it
+        reads still join to the run's content). A run that has ended is replayed from its stored
+        events. Raises :class:`~tether.exceptions.RunNotFoundError` at the first read if this agent
+        has no such run, live in this process or stored.
+        """
+        check_id("run id", run_id)
+        if after is not None and (not isinstance(after, int) or isinstance(after, bool) or after < -1):
+            raise ConfigurationError(f"after must be an event index >= -1, or None (got {after!r})")
+        return RunReader(run_id, self.id, self.storage, after)
+
+    def attach(self, run_id: str, *, after: int | None = None) -> SyncRunReader:
+        """Blocking :meth:`aattach`: a plain iterator, usable from any thread."""
+        return SyncRunReader(self.aattach(run_id, after=after))
 
     async def _check_unused(self, run_id: str) -> None:
         """A caller-chosen run id that a stored run already has is refused (it would overwrite it)."""
@@ -178,19 +224,29 @@ class Agent:
 
     @overload
     def run(
-        self, input: str, *, stream: Literal[False] = False, **options: Unpack[RunOptions]
+        self,
+        input: str,
+        *,
+        stream: Literal[False] = False,
+        background: bool = False,
+        **options: Unpack[RunOptions],
     ) -> RunOutput: ...
     @overload
     def run(self, input: str, *, stream: Literal[True], **options: Unpack[RunOptions]) -> SyncRunStream: ...
     def run(
-        self, input: str, *, stream: bool = False, **options: Unpack[RunOptions]
+        self, input: str, *, stream: bool = False, background: bool = False, **options: Unpack[RunOptions]
     ) -> SyncRunStream | RunOutput:
         """Blocking :meth:`arun`, usable from any thread (a background event loop runs the run).
 
         ``stream=True`` returns a plain iterator of events. An exception while waiting (e.g.
         ``KeyboardInterrupt``) cancels the run with ``source="outer"`` and propagates.
+        ``background=True`` returns once the run has started (read it with :meth:`attach`).
         """
         chosen = _options(options)
+        if background:
+            if stream:
+                raise ConfigurationError("background=True returns at once: read the run with attach()")
+            return background_loop.call(functools.partial(self._start_background, input, chosen))
         if stream:
             return SyncRunStream(self._open(input, chosen))
         if chosen.run_id is not None and self.storage is not None:
@@ -294,6 +350,7 @@ class Agent:
             parent_run_id=options.parent_run_id,
             timeout=timeout,
             user_id=options.user_id,
+            event_buffer=self.event_buffer,
         )
         spec = RunSpec(
             model=self.model,

@@ -10,7 +10,7 @@ from collections import deque
 from types import TracebackType
 
 from ._background_loop import background_loop
-from ._run import BaseRunEvent, RunContentEvent, RunOutput, RunStream
+from ._run import BaseRunEvent, RunContentEvent, RunOutput, RunReader, RunStream
 
 
 class SyncRunStream:
@@ -90,3 +90,36 @@ class SyncRunStream:
         unread = sum(type(event) is RunContentEvent for event in self._buffer)
         self._buffer.clear()
         return unread
+
+
+class SyncRunReader:
+    """:meth:`tether.Agent.attach`'s blocking iterator over a :class:`~tether._run.RunReader`.
+
+    Leaving it early never cancels the run. Usable from any thread.
+    """
+
+    def __init__(self, reader: RunReader) -> None:
+        self._reader = reader
+        self._buffer: deque[BaseRunEvent] = deque()
+        self._last = reader.last_event_index
+
+    @property
+    def run_id(self) -> str:
+        return self._reader.run_id
+
+    @property
+    def last_event_index(self) -> int | None:
+        """The index of the last event this iterator returned (``after`` before the first)."""
+        return self._last
+
+    def __iter__(self) -> SyncRunReader:
+        return self
+
+    def __next__(self) -> BaseRunEvent:
+        if not self._buffer:
+            self._buffer.extend(background_loop.call(self._reader.next_batch))
+            if not self._buffer:
+                raise StopIteration
+        event = self._buffer.popleft()
+        self._last = event.event_index
+        return event

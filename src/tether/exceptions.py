@@ -7,6 +7,7 @@
      ├── ConfigurationError        bad arguments or settings; raised at the call (also a ValueError)
      ├── MaxStepsExceededError     the model kept calling tools past ``max_steps``; ends the run in error
      ├── RemoteCancelError         a cancel for a run in another process could not be delivered (Redis down)
+     ├── RunNotFoundError          no run with that id to attach to (also a LookupError)
      ├── StorageError              the run store failed: unreachable, corrupt, read-only, or a failed write
      ├── StreamBusyError           a RunStream already has a reader (also a RuntimeError)
      ├── ToolError                 raise it in a tool to send the model a plain error message
@@ -34,6 +35,7 @@ __all__ = [
     "ModelStatusError",
     "ModelTimeoutError",
     "RemoteCancelError",
+    "RunNotFoundError",
     "StorageError",
     "StreamBusyError",
     "TetherError",
@@ -66,6 +68,10 @@ class MaxStepsExceededError(TetherError):
 
 class RemoteCancelError(TetherError):
     """A cancel for a run owned by another process could not be delivered (e.g. Redis is down)."""
+
+
+class RunNotFoundError(TetherError, LookupError):
+    """No run with that id (of that agent) is live here or stored: there is nothing to attach to."""
 
 
 class StorageError(TetherError):

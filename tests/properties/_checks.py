@@ -120,7 +120,25 @@ def check_run(sc: Scenario, built: Built, outcome: Outcome) -> None:
     check_history(sc, final)
     if terminals:
         check_tool_events(outcome, built.paid)
+    check_attached(outcome, final)
     check_stored(sc, outcome)
+
+
+def check_attached(outcome: Outcome, final: RunOutput) -> None:
+    """Indexes count the consumer's events; a reader of the same run read exactly them, then the end."""
+    events = outcome.received
+    assert [e.event_index for e in events] == list(range(len(events))), "the consumer's indexes have gaps"
+    attached = outcome.attached
+    if attached is None or (outcome.never_read and not attached):
+        return
+    assert [e.event_index for e in attached] == list(range(len(attached))), "attached indexes have gaps"
+    assert attached and attached[-1].is_terminal, "the attached reader got no terminal event"
+    assert attached[-1].content == final.content, "the attached terminal differs from the output"
+    text = "".join(e.content or "" for e in attached if e.event == RunEvent.run_content)
+    assert text == final.content, "the attached reader's text differs from the run's content"
+    shared = min(len(events), len(attached))
+    seen = [(e.event, e.event_index, e.content) for e in events[:shared]]
+    assert seen == [(e.event, e.event_index, e.content) for e in attached[:shared]], "readers differ"
 
 
 def check_status(sc: Scenario, built: Built, outcome: Outcome, final: RunOutput) -> None:

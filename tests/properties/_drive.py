@@ -20,6 +20,7 @@ import anyio
 import tether
 from tether import BaseRunEvent, RunOutput, RunStream, active_runs
 from tether._run._persist import settle_writes
+from tether._run._reader import RunReader
 
 from ._scenarios import PROMPT, RUN_ID, Action, Built, Scenario, Trigger
 
@@ -41,6 +42,7 @@ class Outcome:
     """What happened, as seen from outside the engine."""
 
     received: list[BaseRunEvent] = field(default_factory=list)
+    attached: list[BaseRunEvent] | None = None  # what a reader attached from the start read
     issued: list[Issued] = field(default_factory=list)
     stopped: str | None = None  # "consumer" | "outer": the consumer stopped reading before the end
     dropped: bool = False
@@ -106,6 +108,7 @@ class AsyncDriver:
         self.out = Outcome()
         self.stream: RunStream | None = None
         self.consumer: asyncio.Task[None] | None = None
+        self.attacher: asyncio.Task[None] | None = None
 
     async def run(self) -> Outcome:
         storage = self.built.storage
@@ -130,6 +133,7 @@ class AsyncDriver:
             else:
                 self.stream = self.built.agent.arun(PROMPT, stream=True, run_id=RUN_ID, timeout=sc.timeout)
                 self.consumer = asyncio.ensure_future(self._outer(self._read()))
+                self.attacher = asyncio.ensure_future(self._attach(self.built.agent.aattach(RUN_ID)))
             for trigger in sc.triggers:
                 if trigger.after is not None:
                     group.start_soon(self._fire, trigger)
@@ -147,6 +151,17 @@ class AsyncDriver:
         # until then): the run must leave the registry.
         await self._drop()
         self.out.active_after += active_runs()
+        if self.attacher is not None:
+            await asyncio.wait([self.attacher], timeout=DROP_WAIT)
+            if not self.attacher.done():
+                self.attacher.cancel()
+                self.out.hung = "an attached reader did not end with the run"
+            elif self.attacher.exception() is not None:
+                raise self.attacher.exception()  # type: ignore[misc]
+
+    async def _attach(self, reader: RunReader) -> None:
+        """Another reader of the same run, attached before it starts (it never stops the run)."""
+        self.out.attached = [event async for event in reader]
 
     async def _outer(self, body: Any) -> None:
         outer = self.sc.outer

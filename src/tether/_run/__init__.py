@@ -18,6 +18,7 @@ from ._events import (
 from ._handle import RunHandle
 from ._lifecycle import CancelAnswer, CancelMode
 from ._output import RunMetrics, RunOutput
+from ._reader import RunReader
 from ._registry import active_runs, registry
 from ._state import RunSpec, RunState
 from ._stream import RunStream
@@ -37,6 +38,7 @@ __all__ = [
     "RunMetrics",
     "RunOutput",
     "RunOutputEvent",
+    "RunReader",
     "RunSpec",
     "RunStartedEvent",
     "RunState",

@@ -9,7 +9,9 @@ Delivery is counted: ``received`` is the number of ``RunContent`` events the con
 so a run that ends keeps exactly the text its consumer received (what was queued but not taken is
 dropped with :meth:`drop_unread`). At a turn boundary the run waits in :meth:`caught_up` until its
 consumer has taken everything and asks for more, so it never runs a turn ahead of its reader.
-Both ends live on the run's event loop.
+Every event gets its ``event_index`` here, as it is put; what the consumer has is copied into the
+run's :class:`~tether._run._log.EventLog` for other readers (see there). Both ends live on the run's
+event loop.
 """
 
 from __future__ import annotations
@@ -21,21 +23,38 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._events import BaseRunEvent, RunContentEvent
+from ._log import EventLog
 
 HIGH = 256
 LOW = 64
 
 
 class Channel:
-    __slots__ = ("_asked", "_ready", "_room", "backlog", "detached", "gone", "receive", "received", "send")
+    __slots__ = (
+        "_asked",
+        "_ready",
+        "_room",
+        "backlog",
+        "detached",
+        "gone",
+        "log",
+        "next_index",
+        "receive",
+        "received",
+        "send",
+        "unacked",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, log: EventLog) -> None:
         send, receive = anyio.create_memory_object_stream[BaseRunEvent](math.inf)
         self.send: MemoryObjectSendStream[BaseRunEvent] = send
         self.receive: MemoryObjectReceiveStream[BaseRunEvent] = receive
         self.backlog = 0
         self.received = 0  # RunContent events taken by the consumer
-        self.detached = False  # no consumer (the run is read by nobody): nothing to wait for
+        self.detached = False  # no consumer (a background run): events go to the log as they are put
+        self.log = log
+        self.next_index = 0  # the event_index of the next event put
+        self.unacked: list[BaseRunEvent] = []  # taken in a batch the consumer has not acknowledged yet
         self.gone = False  # the consumer has left (or read the terminal event)
         self._room: anyio.Event | None = None
         self._ready: asyncio.Future[None] | None = None  # the consumer waits for events
@@ -47,6 +66,16 @@ class Channel:
 
     def put_many(self, events: list[BaseRunEvent]) -> bool:
         """Deliver ``events`` now, in order; False when the consumer has gone away."""
+        index = self.next_index
+        for event in events:
+            event.__dict__["event_index"] = index
+            index += 1
+        self.next_index = index
+        if self.detached:
+            add = self.log.add
+            for event in events:
+                add(event)
+            return True
         send = self.send.send_nowait
         try:
             for event in events:
@@ -74,14 +103,40 @@ class Channel:
         wake(self._asked)
         await self._ready
 
-    def taken(self, event: BaseRunEvent) -> None:
-        """Consumer side: ``event`` was read."""
+    def taken(self, event: BaseRunEvent, *, acked: bool) -> None:
+        """Consumer side: ``event`` was read (``acked``: and delivered; else :meth:`ack` says when)."""
         self.backlog -= 1
+        if acked:
+            self.log.add(event)
+        else:
+            self.unacked.append(event)
         if type(event) is RunContentEvent:
             self.received += 1
         if self._room is not None and self.backlog <= LOW:
             self._room.set()
             self._room = None
+
+    def ack(self) -> None:
+        """The events taken in batches so far were delivered: other readers may see them now."""
+        if self.unacked:
+            for event in self.unacked:
+                self.log.add(event)
+            self.unacked.clear()
+
+    def unack(self, unread: int) -> None:
+        """The consumer leaves: the last ``unread`` RunContent events it took were not delivered (and
+        nothing after them); the rest was."""
+        unacked = self.unacked
+        while unread > 0 and unacked:
+            if type(unacked.pop()) is RunContentEvent:
+                unread -= 1
+        self.ack()
+
+    def settle(self) -> None:
+        """At the run's end, after :meth:`drop_unread`: what the consumer took counts as delivered, and
+        the next event (the terminal one) follows the last logged one (dropped indexes are given again)."""
+        self.ack()
+        self.next_index = self.log.next
 
     def close_receiving(self) -> None:
         """The consumer has left: it takes nothing more; a producer waiting for it wakes."""
@@ -120,6 +175,8 @@ class Channel:
     def end(self) -> None:
         """Producer side: nothing more will come; a waiting consumer wakes to read the rest."""
         self.send.close()
+        if self.detached:  # nobody reads this end
+            self.receive.close()
         wake(self._ready)
 
 

@@ -36,6 +36,7 @@ async def finish(state: RunState) -> None:
     """
     handle = state.handle
     channel = state.channel
+    terminal: BaseRunEvent | None = None
     try:
         status = handle.life.decide()
         failure = handle.life.failure
@@ -45,8 +46,11 @@ async def finish(state: RunState) -> None:
             channel.drop_unread()
             keep = min(max(channel.received, state.turn_start), len(state.parts))
             del state.parts[keep:]
+        channel.settle()
         _repair_history(state, status)
-        state.output = snapshot(state, status, failure)
+        output = state.output = snapshot(state, status, failure)
+        terminal = terminal_event(output, channel.next_index)
+        output.__dict__["events"] = [*channel.log.replay(), terminal]  # stored with it
         await persist(state)
     finally:
         registry.unregister(handle)
@@ -59,7 +63,10 @@ async def finish(state: RunState) -> None:
                 error="internal error while ending the run (see the log)",
                 error_type="InternalError",
             )
-        channel.put(_terminal_event(state.output))
+        if terminal is None:
+            terminal = terminal_event(state.output, channel.next_index)
+        channel.put(terminal)
+        channel.log.add(terminal)  # other readers get it even if the consumer never takes it
         channel.end()
         handle.life.end()
 
@@ -122,9 +129,9 @@ def snapshot(state: RunState, status: RunStatus, failure: BaseException | None =
     return construct(RunOutput, fields)
 
 
-def _terminal_event(output: RunOutput) -> BaseRunEvent:
+def terminal_event(output: RunOutput, index: int) -> BaseRunEvent:
     fields: dict[str, Any] = {
-        "event_index": 0,  # set as it is put in the channel
+        "event_index": index,
         "run_id": output.run_id,
         "agent_id": output.agent_id,
         "agent_name": output.agent_name,

@@ -18,6 +18,7 @@ import anyio
 from .._text import scrub
 from ._events import CancelSource, RunStatus
 from ._lifecycle import CancelAnswer, CancelMode, Lifecycle, check_mode
+from ._log import DEFAULT_CAPACITY, EventLog
 from ._output import RunOutput
 
 
@@ -29,6 +30,7 @@ class RunHandle:
         "agent_name",
         "children",
         "life",
+        "log",
         "parent_run_id",
         "run_id",
         "session_id",
@@ -48,6 +50,7 @@ class RunHandle:
         parent_run_id: str | None = None,
         timeout: float | None = None,
         user_id: str | None = None,
+        event_buffer: int = DEFAULT_CAPACITY,
     ) -> None:
         self.run_id = run_id
         self.agent_id = agent_id
@@ -61,6 +64,7 @@ class RunHandle:
         self.snapshot: Callable[[], RunOutput] | None = None  # the live output, once the run started
         self.children: list[RunHandle] = []
         self.task: asyncio.Task[None] | None = None
+        self.log = EventLog(event_buffer)  # what other readers than the run's consumer read
 
     # -- the lifecycle, read ---------------------------------------------------------------------
 

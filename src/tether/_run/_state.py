@@ -65,7 +65,7 @@ class RunState:
         self.spec = spec
         self.tools = {tool.name: tool for tool in spec.tools}
         self.messages = list(spec.messages)
-        self.channel = Channel()
+        self.channel = Channel(handle.log)
         self.parts: list[str] = []  # every text delta delivered, across all model turns
         self.turn_start = 0  # where the current model turn's text starts in ``parts``
         self.pending = PendingCalls()

@@ -47,7 +47,17 @@ class RunStream:
         print(stream.output.status)
     """
 
-    __slots__ = ("__weakref__", "_ended", "_loop", "_make_state", "_reader", "_state", "_unacked", "handle")
+    __slots__ = (
+        "__weakref__",
+        "_batches",
+        "_ended",
+        "_loop",
+        "_make_state",
+        "_reader",
+        "_state",
+        "_unacked",
+        "handle",
+    )
 
     def __init__(self, handle: RunHandle, make_state: Callable[[RunHandle], RunState]) -> None:
         self.handle = handle
@@ -56,6 +66,7 @@ class RunStream:
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop the run (and its reader) is on
         self._reader: asyncio.Task[object] | None = None  # the task that reads it (None: batches)
         self._unacked = 0  # RunContent events of the last batch, until the next call acknowledges it
+        self._batches = False  # read with next_batch: an event is delivered once the next call comes
         self._ended = True  # until registered, so a failed __init__ leaves nothing for __del__
         registry.register(handle)
         self._ended = False
@@ -118,8 +129,11 @@ class RunStream:
         Calling it again acknowledges the previous batch as received.
         """
         self._unacked = 0
+        self._batches = True
         if self._state is None:
             self._start()  # read in batches: each call may come from a task of its own
+        else:
+            self._state.channel.ack()
         try:
             first = await self.__anext__()
         except StopAsyncIteration:
@@ -140,6 +154,14 @@ class RunStream:
                 break
         self._unacked = channel.received - before
         return batch
+
+    def start_background(self) -> RunOutput:
+        """Start the run now, with no consumer (``background=True``): its events go to its log only,
+        for readers that attach; dropping this object does not cancel it. Its output so far."""
+        state = self._start()
+        state.channel.detached = True  # before the run's task first runs
+        self._ended = True
+        return _live_output(state)
 
     def take_escaped(self) -> BaseException | None:
         """The KeyboardInterrupt or SystemExit that ended the run, once (for a reader that raises it)."""
@@ -208,8 +230,10 @@ class RunStream:
     def _took(self, event: BaseRunEvent) -> BaseRunEvent:
         """Bookkeeping for an event handed to the consumer: backpressure, and the end after the last."""
         assert self._state is not None
-        self._state.channel.taken(event)
+        channel = self._state.channel
+        channel.taken(event, acked=not self._batches)
         if type(event) in TERMINAL_EVENT_TYPES:
+            channel.ack()
             self._close_channel()
         return event
 
@@ -221,7 +245,9 @@ class RunStream:
             self._ended = True
             return
         if not self._ended:
-            self._state.channel.received -= self._unacked if unread is None else unread
+            unread = self._unacked if unread is None else unread
+            self._state.channel.received -= unread
+            self._state.channel.unack(unread)
             self.handle.request_cancel(None, source)
             self._close_channel()
 
