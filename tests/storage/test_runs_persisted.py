@@ -231,6 +231,7 @@ async def test_a_store_failing_at_start_ends_the_run_with_a_clear_error(tmp_path
 
 
 async def test_a_version_1_file_is_migrated_and_keeps_its_runs(tmp_path: Path) -> None:
+    from tether.storage._base import SCHEMA_VERSION
     from tether.storage._sqlite import _MIGRATIONS
 
     path = tmp_path / "old.db"
@@ -250,5 +251,5 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_runs(tmp_path: Path) -
     out = await agent.arun("hi", user_id="ann", run_id="new-run")
     assert (await agent.aget_run("new-run")) == out and out.user_id == "ann"
     with sqlite3.connect(path) as check:
-        assert check.execute("SELECT version FROM tether_schema").fetchall() == [(2,)]
+        assert check.execute("SELECT version FROM tether_schema").fetchall() == [(SCHEMA_VERSION,)]
     await storage.aclose()

@@ -3,22 +3,31 @@
 Every backend passes one conformance suite (``tests/storage/test_conformance.py``). A backend
 stores one row per run, written as RUNNING when the run starts and finalised when it ends, plus one
 heartbeat row per process (its *owner* id), so runs left RUNNING by a dead process can be found.
+
+A run's events (``RunOutput.events``) are stored with its row, in the ``events`` column: NULL when
+the run has none, else JSON text of a compact list (see :func:`to_row`). ``get_run`` reads them;
+listings (``list_runs``) select NULL in their place, so listing many long runs stays cheap.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from .._messages import Message
-from .._run._events import RunStatus
+from .._run._events import RunOutputEvent, RunStatus
 from .._run._output import RunMetrics, RunOutput
 from .._run._store import Storage, owner_id
 from ..exceptions import StorageError
 
 __all__ = ["Storage", "owner_id"]  # defined by the engine, which needs them
 
-SCHEMA_VERSION = 2
+logger = logging.getLogger("tether.storage")
+
+SCHEMA_VERSION = 3
 """Bump with a migration step in every backend when the schema changes."""
 
 CRASHED_ERROR = "worker exited while the run was active"
@@ -43,11 +52,23 @@ COLUMNS = (
     "error_type",
     "metrics",
     "created_at",
+    "events",
 )
+LISTED_COLUMNS = ", ".join("NULL AS events" if column == "events" else column for column in COLUMNS)
+"""The select list of listings: every column, but NULL for ``events`` (only ``get_run`` reads them)."""
+
+EVENT_SHARED = ("run_id", "agent_id", "agent_name", "session_id")
+"""Fields a run's events share with its row: left out of the stored events, restored when read."""
+_EVENTS: TypeAdapter[list[RunOutputEvent]] = TypeAdapter(list[RunOutputEvent])
 
 
 def to_row(output: RunOutput) -> dict[str, Any]:
-    """A RunOutput as column values; ``messages`` and ``metrics`` as JSON text.
+    """A RunOutput as column values; ``messages``, ``metrics`` and ``events`` as JSON text.
+
+    ``events`` is NULL when ``output.events`` is None, else a compact JSON list: each event's
+    ``model_dump(mode="json")`` without the fields it shares with the row (``EVENT_SHARED``; one
+    that differs from the row's value is kept), written with ``ensure_ascii=False`` (JSON escapes
+    NUL and the other control characters, so the text never holds a raw NUL).
 
     Raises StorageError, before anything is written, if a text holds a lone surrogate (not valid
     Unicode: UTF-8 cannot encode it, so no backend can store it).
@@ -71,6 +92,7 @@ def to_row(output: RunOutput) -> dict[str, Any]:
         "error_type": output.error_type,
         "metrics": output.metrics.model_dump_json(),
         "created_at": output.created_at,
+        "events": None if output.events is None else _events_text(output, output.events),
     }
     for column, value in row.items():
         if isinstance(value, str):
@@ -111,4 +133,44 @@ def from_row(row: Any) -> RunOutput:
         if isinstance(metrics, str)
         else RunMetrics(**metrics),
         created_at=row["created_at"],
+        events=_events_from(row),
     )
+
+
+def _events_text(output: RunOutput, events: list[RunOutputEvent]) -> str:
+    shared = {name: getattr(output, name) for name in EVENT_SHARED}
+    compact = []
+    for event in events:
+        dumped = event.model_dump(mode="json")
+        for name, value in shared.items():
+            if dumped[name] == value:
+                del dumped[name]
+        compact.append(dumped)
+    return json.dumps(compact, ensure_ascii=False, separators=(",", ":"))
+
+
+def _events_from(row: Any) -> list[RunOutputEvent] | None:
+    """The stored events of a row (None when NULL). Unreadable ones are logged and read as None:
+    the rest of the run stays readable."""
+    text = row["events"]
+    if text is None:
+        return None
+    shared = {name: row[name] for name in EVENT_SHARED}
+    try:
+        items = json.loads(text)
+        if not (isinstance(items, list) and all(isinstance(item, dict) for item in items)):
+            raise ValueError(f"not a JSON list of objects: {text[:40]!r}")
+        return _EVENTS.validate_python([{**shared, **item} for item in items])
+    # JSONDecodeError and pydantic's ValidationError are ValueErrors; very deep JSON is a RecursionError.
+    except (ValueError, RecursionError) as exc:
+        logger.warning("run %r: its stored events are unreadable, read as None: %s", row["run_id"], _why(exc))
+        return None
+
+
+def _why(exc: Exception) -> str:
+    """A one-line reason: the first of a ValidationError's errors, not all of them."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{exc.error_count()} validation error(s), the first at {where or 'the top'}: {first['msg']}"

@@ -10,11 +10,14 @@ from typing import Any
 
 from .._run._output import RunOutput
 from ..exceptions import StorageError
-from ._base import COLUMNS, to_row
+from ._base import COLUMNS, LISTED_COLUMNS, to_row
 
 _NOW = "extract(epoch from clock_timestamp())::double precision"
-_JSON_COLUMNS = frozenset({"messages", "metrics"})
+_JSON_COLUMNS = frozenset({"messages", "metrics"})  # JSONB; ``events`` is JSON in a TEXT column
 _FREE_TEXT = ("agent_name", "model", "content", "cancel_reason", "error", "error_type")
+# JSON text that to_row() wrote: JSON escapes NUL (as \u0000), so it never holds a raw NUL and is
+# stored as it is, neither escaped nor refused; a NUL in an event's text round-trips through that escape.
+_JSON_TEXT = frozenset({"events"})
 _ESCAPED = "nul_escaped"
 _ESCAPE_PAIR = re.compile("\x01([\x01\x02])")
 
@@ -27,6 +30,7 @@ class Queries:
         runs, owners = self.runs, self.owners = f"{s}.tether_runs", f"{s}.tether_owners"
         self.version = f"{s}.tether_schema"
         self.columns = ", ".join(COLUMNS)
+        self.listed = LISTED_COLUMNS  # listings leave the (possibly long) events out
         owner = f"${len(COLUMNS) + 1}"
         # to_row() serialised the JSON columns already: the server parses that text (a jsonb
         # parameter would go through the connection's codec and be encoded a second time).
@@ -78,6 +82,7 @@ class Queries:
                     owner TEXT PRIMARY KEY, heartbeat_at DOUBLE PRECISION NOT NULL)""",
             ],
             2: [f"ALTER TABLE {runs} ADD COLUMN IF NOT EXISTS user_id TEXT"],
+            3: [f"ALTER TABLE {runs} ADD COLUMN IF NOT EXISTS events TEXT"],
         }
 
 
@@ -88,7 +93,8 @@ def run_values(output: RunOutput) -> list[Any]:
     the messages) holds one is stored losslessly: every string there is escaped (U+0001 becomes
     U+0001 U+0001, U+0000 becomes U+0001 U+0002) and ``messages`` is stored as
     ``{"nul_escaped": [...]}``, which :func:`plain_row` undoes. Ids and the other columns that
-    queries filter on are stored as they are, so a NUL there is refused.
+    queries filter on are stored as they are, so a NUL there is refused. ``events`` is JSON text
+    (``_JSON_TEXT``), in which NUL is already the escape ``\\u0000``: it is stored as it is.
     """
     row = to_row(output)
     # JSON writes NUL as the escape \u0000: a quick test first, then the decoded strings.
@@ -98,7 +104,8 @@ def run_values(output: RunOutput) -> list[Any]:
     )
     for column in COLUMNS:
         value = row[column]
-        if column not in _FREE_TEXT and column != "messages" and isinstance(value, str) and "\x00" in value:
+        plain = column not in _FREE_TEXT and column != "messages" and column not in _JSON_TEXT
+        if plain and isinstance(value, str) and "\x00" in value:
             raise StorageError(
                 f"run {output.run_id!r} cannot be stored in PostgreSQL: its {column} holds a NUL "
                 "character (U+0000), which PostgreSQL keeps only in free text (content, messages, errors)"

@@ -77,6 +77,10 @@ class PostgresStorage:
     ``heartbeat_interval`` seconds; ``stale_after`` is how old (seconds, by the database clock) an
     owner's heartbeat may be before its RUNNING runs count as orphaned by a dead process.
 
+    A run's events (``RunOutput.events``) are stored with it, as JSON text: :meth:`get_run` returns
+    them, while :meth:`list_runs` leaves them out (``events`` is None there), so listing long runs
+    stays cheap. Stored events that cannot be read back are logged as a warning and read as None.
+
     Example::
 
         agent = Agent(model=model, storage=PostgresStorage("postgresql://app@db:5432/app"))
@@ -165,7 +169,7 @@ class PostgresStorage:
         where = " WHERE " + " AND ".join(clauses) if clauses else ""
         # The newest ``limit`` rows, handed back oldest first; LIMIT NULL means no limit.
         sql = (
-            f"SELECT * FROM (SELECT {self._sql.columns}, seq FROM {self._sql.runs}{where} "
+            f"SELECT * FROM (SELECT {self._sql.listed}, seq FROM {self._sql.runs}{where} "
             f"ORDER BY seq DESC LIMIT ${len(args) + 1}) AS newest ORDER BY seq"
         )
         rows = await self._call("list runs in", lambda pool: pool.fetch(sql, *args, limit))

@@ -16,7 +16,16 @@ import anyio
 from .._run._events import RunStatus
 from .._run._output import RunOutput
 from ..exceptions import ConfigurationError, StorageError
-from ._base import COLUMNS, CRASHED_ERROR, CRASHED_TYPE, SCHEMA_VERSION, from_row, owner_id, to_row
+from ._base import (
+    COLUMNS,
+    CRASHED_ERROR,
+    CRASHED_TYPE,
+    LISTED_COLUMNS,
+    SCHEMA_VERSION,
+    from_row,
+    owner_id,
+    to_row,
+)
 from ._worker import Job, SerialWorker
 
 T = TypeVar("T")
@@ -42,6 +51,7 @@ _MIGRATIONS[1] = [
     "CREATE TABLE IF NOT EXISTS tether_owners (owner TEXT PRIMARY KEY, heartbeat_at REAL NOT NULL)",
 ]
 _MIGRATIONS[2] = ["ALTER TABLE tether_runs ADD COLUMN user_id TEXT"]
+_MIGRATIONS[3] = ["ALTER TABLE tether_runs ADD COLUMN events TEXT"]  # a new file gets it here too
 _UPSERT = (
     f"INSERT INTO tether_runs ({', '.join(COLUMNS)}, owner, updated_at) "
     f"VALUES ({', '.join(':' + c for c in COLUMNS)}, :owner, :updated_at) "
@@ -69,6 +79,10 @@ class SqliteStorage:
     never runs; one that had started finishes or is rolled back in the thread, before any operation
     called after it, and its result is dropped. If the file is deleted or replaced while open, the
     next operation reopens the path.
+
+    A run's events (``RunOutput.events``) are stored with it: :meth:`get_run` returns them, while
+    :meth:`list_runs` leaves them out (``events`` is None there), so listing long runs stays cheap.
+    Stored events that cannot be read back are logged as a warning and read as None.
 
     Example::
 
@@ -148,7 +162,8 @@ class SqliteStorage:
             raise ConfigurationError(f"limit must be >= 0 (got {limit})")
         filters = {"agent_id": agent_id, "session_id": session_id, "status": status.value if status else None}
         where = " AND ".join(f"{name} = :{name}" for name, value in filters.items() if value is not None)
-        sql = f"SELECT * FROM tether_runs {'WHERE ' + where if where else ''} ORDER BY rowid DESC"
+        where = f"WHERE {where}" if where else ""
+        sql = f"SELECT {LISTED_COLUMNS} FROM tether_runs {where} ORDER BY rowid DESC"  # events: NULL
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
 
