@@ -109,6 +109,7 @@ class AsyncDriver:
         self.stream: RunStream | None = None
         self.consumer: asyncio.Task[None] | None = None
         self.attacher: asyncio.Task[None] | None = None
+        self.reader: RunReader | None = None
 
     async def run(self) -> Outcome:
         storage = self.built.storage
@@ -133,7 +134,8 @@ class AsyncDriver:
             else:
                 self.stream = self.built.agent.arun(PROMPT, stream=True, run_id=RUN_ID, timeout=sc.timeout)
                 self.consumer = asyncio.ensure_future(self._outer(self._read()))
-                self.attacher = asyncio.ensure_future(self._attach(self.built.agent.aattach(RUN_ID)))
+                self.reader = self.built.agent.aattach(RUN_ID)
+                self.attacher = asyncio.ensure_future(self._attach(self.reader))
             for trigger in sc.triggers:
                 if trigger.after is not None:
                     group.start_soon(self._fire, trigger)
@@ -155,7 +157,14 @@ class AsyncDriver:
             await asyncio.wait([self.attacher], timeout=DROP_WAIT)
             if not self.attacher.done():
                 self.attacher.cancel()
-                self.out.hung = "an attached reader did not end with the run"
+                reader = self.reader
+                handle = reader._handle if reader is not None else None
+                log = handle.log if handle is not None else None
+                self.out.hung = (
+                    f"an attached reader did not end with the run: after={reader and reader._after} "
+                    f"phase={handle and handle.life.phase} loop={handle and handle.loop} "
+                    f"next={log and log.next} ended={log and log.ended} first={log and log.first}"
+                )
             elif self.attacher.exception() is not None:
                 raise self.attacher.exception()  # type: ignore[misc]
 

@@ -154,10 +154,16 @@ def test_the_blocking_api() -> None:
     assert attached.last_event_index == len(WORDS) + 1 and events[-1].content == TEXT
     stream = agent.run("go", stream=True)
     first = next(iter(stream))
-    rest = list(agent.attach(stream.run_id, after=first.event_index))
-    stream.close()  # the consumer stops: the run is cancelled, the attached reader got its end
-    assert rest[-1].event == RunEvent.run_cancelled and rest[-1].source == "consumer"
-    assert rest[0].event_index == 1
+    rest: list = []
+    # The run keeps pace with its consumer: the attached reader follows it, in a thread of its own.
+    follower = threading.Thread(target=lambda: rest.extend(agent.attach(stream.run_id, after=0)))
+    follower.start()
+    second = next(stream)
+    stream.close()  # the consumer stops: the run is cancelled, the attached reader gets its end
+    follower.join(5)
+    assert (first.event_index, second.event_index) == (0, 1)
+    assert summary(rest) == [(1, "RunContent", "w0 "), (2, "RunCancelled", "w0 ")]
+    assert rest[-1].source == "consumer"
 
 
 async def test_unknown_runs_and_bad_arguments() -> None:
