@@ -50,7 +50,8 @@ async def finish(state: RunState) -> None:
         _repair_history(state, status)
         output = state.output = snapshot(state, status, failure)
         terminal = terminal_event(output, channel.next_index)
-        output.__dict__["events"] = [*channel.log.replay(), terminal]  # stored with it
+        if state.spec.storage is not None and not state.refused:  # stored with it, for late readers
+            output.__dict__["events"] = [*channel.log.replay(), terminal]
         await persist(state)
     finally:
         registry.unregister(handle)
