@@ -171,3 +171,36 @@ def test_a_closed_store_stays_closed_after_its_runs(tmp_path: Path) -> None:
     assert _open_files(tmp_path / "runs.db") == 0
     time.sleep(0.3)  # several heartbeat intervals: nothing may happen, so there is no event to wait on
     assert _open_files(tmp_path / "runs.db") == 0, "the closed store was reopened"
+
+
+async def test_an_attached_reader_gets_the_end_when_the_consumer_leaves_during_tool_calls() -> None:
+    # Found by the property suite (issue 13): the consumer closes the stream after two ToolCallStarted
+    # events; the run's end closes the open calls (ToolCallCompleted events nobody takes) and the
+    # terminal event got an index after them, which the reader's log never reached: it waited forever.
+    # Now what is put once the end is decided is logged at once, with indexes in order.
+    async def slow(x: int) -> str:
+        await anyio.sleep(5)
+        return f"slow:{x}"
+
+    calls = [ScriptedToolCall("slow", '{"x": 0}'), ScriptedToolCall("slow", '{"x": 1}')]
+    agent = Agent(model=ScriptedModel(turns=[Reply(chunks=["w0 "], tool_calls=calls)]), tools=[slow])
+    stream = agent.arun("go", stream=True)
+    reader = agent.aattach(stream.run_id)
+    events: list[BaseRunEvent] = []
+    async for event in stream:
+        events.append(event)
+        if len(events) == 4:  # RunStarted, w0, two ToolCallStarted
+            break
+    await stream.aclose()
+    with anyio.fail_after(5):
+        attached = [event async for event in reader]
+    assert [(e.event_index, e.event) for e in attached] == [
+        (0, RunEvent.run_started),
+        (1, RunEvent.run_content),
+        (2, RunEvent.tool_call_started),
+        (3, RunEvent.tool_call_started),
+        (4, RunEvent.tool_call_completed),
+        (5, RunEvent.tool_call_completed),
+        (6, RunEvent.run_cancelled),
+    ]
+    assert attached[-1].content == received_text(events) == "w0 "

@@ -42,6 +42,7 @@ class Channel:
         "receive",
         "received",
         "send",
+        "settled",
         "unacked",
     )
 
@@ -55,6 +56,7 @@ class Channel:
         self.log = log
         self.next_index = 0  # the event_index of the next event put
         self.unacked: list[BaseRunEvent] = []  # taken in a batch the consumer has not acknowledged yet
+        self.settled = False  # the run's end is decided: what is put from now on is logged at once
         self.gone = False  # the consumer has left (or read the terminal event)
         self._room: anyio.Event | None = None
         self._ready: asyncio.Future[None] | None = None  # the consumer waits for events
@@ -65,24 +67,42 @@ class Channel:
         return self.put_many([event])
 
     def put_many(self, events: list[BaseRunEvent]) -> bool:
-        """Deliver ``events`` now, in order; False when the consumer has gone away."""
+        """Deliver ``events`` now, in order, each given its ``event_index``; False when the consumer has
+        gone away (an event that could not be delivered leaves its index to the next one)."""
+        if self.detached or self.settled:
+            return self._put_logged(events)
+        send = self.send.send_nowait
+        index = start = self.next_index
+        try:
+            for event in events:
+                event.__dict__["event_index"] = index
+                send(event)
+                index += 1
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return False
+        finally:
+            self.next_index = index
+            self.backlog += index - start
+        wake(self._ready)
+        return True
+
+    def _put_logged(self, events: list[BaseRunEvent]) -> bool:
+        """Log ``events`` as they are put (no consumer, or the run's end is decided), then deliver them."""
+        add = self.log.add
         index = self.next_index
         for event in events:
             event.__dict__["event_index"] = index
             index += 1
+            add(event)
         self.next_index = index
         if self.detached:
-            add = self.log.add
-            for event in events:
-                add(event)
             return True
-        send = self.send.send_nowait
         try:
             for event in events:
-                send(event)
+                self.send.send_nowait(event)
+                self.backlog += 1
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return False
-        self.backlog += len(events)
         wake(self._ready)
         return True
 
@@ -133,10 +153,13 @@ class Channel:
         self.ack()
 
     def settle(self) -> None:
-        """At the run's end, after :meth:`drop_unread`: what the consumer took counts as delivered, and
-        the next event (the terminal one) follows the last logged one (dropped indexes are given again)."""
+        """At the run's end, after :meth:`drop_unread`: what the consumer took counts as delivered, the
+        next event follows the last logged one (dropped indexes are given again), and the events of the
+        end (tool calls closed, the terminal event) are logged as they are put, whether or not the
+        consumer takes them."""
         self.ack()
         self.next_index = self.log.next
+        self.settled = True
 
     def close_receiving(self) -> None:
         """The consumer has left: it takes nothing more; a producer waiting for it wakes."""

@@ -64,10 +64,13 @@ async def finish(state: RunState) -> None:
                 error="internal error while ending the run (see the log)",
                 error_type="InternalError",
             )
+        if not channel.settled:  # the end failed early: still one terminal event, logged too
+            if not channel.detached:
+                channel.drop_unread()
+            channel.settle()
         if terminal is None:
             terminal = terminal_event(state.output, channel.next_index)
-        channel.put(terminal)
-        channel.log.add(terminal)  # other readers get it even if the consumer never takes it
+        channel.put(terminal)  # logged as well: other readers get it even if the consumer never takes it
         channel.end()
         handle.life.end()
 
