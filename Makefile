@@ -71,6 +71,7 @@ bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python bench/live_runs.py
 	$(BENCH_VENV)/bin/python bench/server_load.py
 	$(BENCH_VENV)/bin/python bench/cross_worker_cancel.py
+	$(BENCH_VENV)/bin/python bench/resume_latency.py
 	$(BENCH_VENV)/bin/python bench/report.py
 
 lint: $(STAMP)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,28 @@ def server(load_data: dict[str, Any] | None, cross: dict[str, Any] | None) -> tu
     return lines, targets
 
 
+def resumes(data: dict[str, Any]) -> list[str]:
+    """Resume latency (bench/resume_latency.py): median of the passes' p50/p99, with the spread."""
+    lines = [
+        "### 6. Resume",
+        "",
+        f"A client reconnects to a live run with `Last-Event-ID` ({len(data['passes'])} passes of"
+        f" {len(data['passes'][0]['resume'])} trials; request sent → first event read, ms; spread: the"
+        " passes' p50s). Baseline: a new streaming run's first event, same server and connection:",
+        "",
+        "| | p50 | p99 | spread |",
+        "|---|---:|---:|---|",
+    ]
+    for name in ("resume", "new run"):
+        pairs = [percentiles(one[name]) for one in data["passes"]]
+        p50s = [a for a, _ in pairs]
+        p99 = statistics.median(b for _, b in pairs)
+        lines.append(
+            f"| {name} | {statistics.median(p50s):.2f} | {p99:.2f} | {min(p50s):.2f}–{max(p50s):.2f} |"
+        )
+    return lines
+
+
 def chart(data: dict[str, Any]) -> None:
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
     for axis, state in zip(axes, STATES, strict=True):
@@ -213,6 +236,9 @@ def main() -> None:
     lines, met = server(load_data, cross)
     sections += lines
     targets += met
+    resume = load("resume_latency")
+    if resume:
+        sections += ["", *resumes(resume)]
     if cancel:
         chart(cancel)
     block = [START, "", f"Measured on {machine}.", "", "| target | measured | |", "|---|---:|---|"]
