@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from tether import active_runs
+from tether._run import registry
+from tether._run._registry import DEFAULT_CANCEL_MEMORY
 from tether.models.openai import OpenAIChat
 from tether.testing import LoopbackServer
 
@@ -28,6 +30,14 @@ def _registry_left_empty() -> Iterator[None]:
     while active_runs() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert active_runs() == [], "a test left active runs in the registry"
+
+
+@pytest.fixture(autouse=True)
+def _no_cancel_remembered_across_tests() -> Iterator[None]:
+    """A cancel for an unknown run id is kept for the next run with that id: not for another test's."""
+    yield
+    registry.cancel_memory = DEFAULT_CANCEL_MEMORY
+    registry.forget_early_cancels()
 
 
 class _Recorder(logging.Handler):

@@ -278,6 +278,12 @@ class Agent:
         ``grace`` (seconds) escalates a graceful stop to immediate. The run ends with one
         ``RunCancelled`` event (``source="user"``); live sub-agent runs are cancelled first. A run owned by
         another process is cancelled through the attached remote canceller (``source="remote"``).
+
+        A cancel may overtake the start of the run it names (a client that chose the ``run_id``): for a
+        run id nothing has yet, the answer is False, but the intent is kept for a short time
+        (``cancel_memory``, 60 s by default; in every worker when Redis is attached). A run of this agent
+        that starts with that id then starts cancelled: ``RunStarted``, then ``RunCancelled``
+        (``source="user"``, this ``reason``), and its model is never called.
         """
         return cancel_anywhere(run_id, reason=reason, mode=mode, grace=grace, agent_id=self.id)
 

@@ -25,6 +25,10 @@ def cancel_run(
     escalates that to immediate after so many seconds. Either way the run ends with one
     ``RunCancelled`` event (``source="user"``).
 
+    For a run id that no run has yet the answer is False, but the cancel is kept for a short time
+    (``cancel_memory``, 60 s by default; in every worker when Redis is attached): a run that starts
+    with that id starts cancelled (``RunStarted``, then ``RunCancelled``; the model is never called).
+
     Example::
 
         if tether.cancel_run(run_id, reason="user pressed stop"):

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..server.test_serve import serving, sse
+from ..server.test_serve import serving, sse, stored_run
 from .conftest import free_port
 
 MODULE = """
@@ -95,6 +95,36 @@ def test_a_run_streamed_by_one_server_is_cancelled_through_another(
         assert soft.json()["status"] == "CANCELLED" and 0.25 < time.perf_counter() - started < 3
         last = finish(response, frames, deltas)
         assert (last["event"], last["source"], last["reason"]) == ("RunCancelled", "remote", "soft")
+
+
+@pytest.mark.timeout(90)
+def test_a_cancel_sent_to_one_worker_before_the_run_starts_on_another_stops_it_at_its_start(
+    project: Path, redis_url: str, prefix: str
+) -> None:
+    args, env = settings(project, redis_url, prefix)
+    with (
+        serving(*args, cwd=project, env=env) as first,
+        serving(*args, cwd=project, env=env) as second,
+        httpx.Client(base_url=first.url, timeout=30) as a,
+        httpx.Client(base_url=second.url, timeout=30) as b,
+    ):
+        early = b.post("/agents/slow/runs/overtaken-1/cancel", json={"reason": "overtook the start"})
+        assert (early.status_code, early.json()["detail"]) == (404, "Run not found")
+        with a.stream(
+            "POST", "/agents/slow/runs", data={"message": "go", "run_id": "overtaken-1"}
+        ) as response:
+            assert response.status_code == 200
+            frames = list(sse(response))
+        assert [name for name, _ in frames] == ["RunStarted", "RunCancelled"]
+        last = frames[-1][1]
+        assert (last["source"], last["reason"], last["content"]) == ("user", "overtook the start", "")
+    stored = stored_run(project / "runs.db", "overtaken-1")
+    assert stored is not None
+    assert (stored.status.value, stored.cancel_reason, stored.cancel_source) == (
+        "CANCELLED",
+        "overtook the start",
+        "user",
+    )
 
 
 @pytest.mark.timeout(180)

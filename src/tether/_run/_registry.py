@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
 import anyio
 
 from ..exceptions import ConfigurationError
+from ._early import EarlyCancel, EarlyCancels
 from ._events import CancelSource, RunStatus
 from ._handle import RunHandle
 from ._lifecycle import CancelAnswer, CancelMode, check_mode
@@ -18,6 +21,9 @@ from ._output import RunOutput
 if TYPE_CHECKING:
     from ._remote import Remote
 
+DEFAULT_CANCEL_MEMORY = 60.0
+"""Seconds a cancel for a run id not known yet is remembered (see :attr:`RunRegistry.cancel_memory`)."""
+
 
 class RunRegistry:
     """Runs by id. Thread-safe; a run is in it from creation until its terminal event goes out.
@@ -25,22 +31,54 @@ class RunRegistry:
     A run whose final write has not landed yet stays findable through :meth:`ended_output` until it
     lands. A stream dropped before it was read is reported through :meth:`dropped` (from a finalizer:
     no lock taken there) and removed at the registry's next use.
+
+    A user's cancel for a run id it does not know (a cancel that overtook the start, see ``_early``) is
+    remembered for :attr:`cancel_memory` seconds: the run that registers with that id starts cancelled.
     """
 
     def __init__(self) -> None:
         self._runs: dict[str, RunHandle] = {}
         self._ended: dict[str, RunOutput] = {}
         self._dropped: deque[RunHandle] = deque()
+        self._early = EarlyCancels()
         self._lock = threading.Lock()
+        self._cancel_memory = DEFAULT_CANCEL_MEMORY
         self.remote: Remote | None = None  # cross-process cancellation, when attached
 
+    @property
+    def cancel_memory(self) -> float:
+        """Seconds a user's cancel for an unknown run id is kept for the run that registers with that id
+        (default 60; 0 keeps none). The remote canceller keeps it as long, unless told otherwise.
+
+        Example::
+
+            from tether._run import registry
+            registry.cancel_memory = 10.0   # or create_app(..., cancel_memory=10.0)
+        """
+        return self._cancel_memory
+
+    @cancel_memory.setter
+    def cancel_memory(self, seconds: float) -> None:
+        self._cancel_memory = check_memory(seconds)
+        if not seconds:
+            self.forget_early_cancels()
+
+    def forget_early_cancels(self) -> None:
+        """Forget every remembered cancel (and recently ended id); for tests, and ``cancel_memory = 0``."""
+        with self._lock:
+            self._early.clear()
+
     def register(self, handle: RunHandle) -> None:
+        """Add a run (PENDING); a cancel remembered for its id and agent is applied to it at once."""
         self._sweep()
         with self._lock:
             if handle.run_id in self._runs:
                 raise ConfigurationError(f"run id {handle.run_id!r} is already in use by an active run")
             self._runs[handle.run_id] = handle
             parent = self._runs.get(handle.parent_run_id) if handle.parent_run_id else None
+            early = self._early.take(handle.run_id, handle.agent_id, time.monotonic())
+        if early is not None:
+            handle.request_cancel(early.reason, "user", mode=early.mode, grace=early.grace)
         if parent is not None:
             parent.add_child(handle)
         if self.remote is not None:
@@ -55,6 +93,8 @@ class RunRegistry:
         with self._lock:
             if self._runs.get(handle.run_id) is handle:
                 del self._runs[handle.run_id]
+                if self._cancel_memory:
+                    self._early.ended(handle.run_id, time.monotonic(), self._cancel_memory)
             parent = self._runs.get(handle.parent_run_id) if handle.parent_run_id else None
         if parent is not None:
             parent.remove_child(handle)
@@ -116,12 +156,23 @@ class RunRegistry:
         mode: CancelMode = "immediate",
         grace: float | None = None,
     ) -> CancelAnswer | None:
-        """Cancel a run of this process; its answer, or None if no such run (of ``agent_id``) is here."""
+        """Cancel a run of this process; its answer, or None if no such run (of ``agent_id``) is here.
+
+        A user's cancel (``source="user"``) for a well-formed id that no run here has, live or just ended,
+        is remembered for :attr:`cancel_memory` seconds: the run that registers with that id (for
+        ``agent_id``, or any agent when None) starts cancelled. The answer is None all the same.
+        """
         check_mode(mode, grace)
-        handle = self.get(run_id)
+        self._sweep()
+        with self._lock:
+            handle = self._runs.get(run_id)
+            ended = self._ended.get(run_id)
+            if handle is None and ended is None and source == "user" and self._cancel_memory:
+                now = time.monotonic()
+                kept = EarlyCancel(reason, agent_id, mode, grace, now + self._cancel_memory)
+                self._early.remember(run_id, kept, now)
         if handle is not None and (agent_id is None or handle.agent_id == agent_id):
             return handle.answer_cancel(reason, source, mode=mode, grace=grace)
-        ended = self.ended_output(run_id)
         if ended is not None and (agent_id is None or ended.agent_id == agent_id):
             return CancelAnswer.CANCELLED if ended.status is RunStatus.cancelled else CancelAnswer.ENDED
         return None
@@ -142,6 +193,13 @@ class RunRegistry:
             run_id, reason=reason, source=source, agent_id=agent_id, mode=mode, grace=grace
         )
         return answer is CancelAnswer.STOPPING or answer is CancelAnswer.CANCELLED
+
+
+def check_memory(seconds: float) -> float:
+    """``seconds`` if it is a valid ``cancel_memory`` (a finite number >= 0), else a ConfigurationError."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
+        raise ConfigurationError(f"cancel_memory must be a number of seconds >= 0 (got {seconds!r})")
+    return float(seconds)
 
 
 registry = RunRegistry()

@@ -2,6 +2,9 @@
 
 1. ``runs[<run>]`` names the owner (no entry, or another agent's run: ``not_found``). A Redis that has
    just restarted (empty) is given a heartbeat interval for the owners to write their entries again.
+   With no entry at all, the request is kept as ``early:<run>`` (``remember`` seconds) for a run that
+   registers later: the cancel overtook the start (see ``_local_runs``), and ``runs[<run>]`` is read once
+   more, since a run that registered meanwhile may have missed it.
 2. Write the durable ``marker:<run>`` and publish on ``cancel:<owner>`` (one round trip; published twice
    at most): a live owner answers on ``reply:<canceller>``, which this process's listener is subscribed
    to already (:class:`Replies`), within ``ack_timeout``. No connection is opened per cancel.
@@ -72,8 +75,11 @@ async def exchange(
     *,
     ack_timeout: float,
     default_interval: float,
+    remember: float = 0,
 ) -> RemoteOutcome:
     """Deliver ``request`` (its ``reply_to`` set: answers come through ``replies``); its outcome.
+
+    ``remember``: seconds a request for a run with no entry is kept for a run that registers later.
 
     Raises redis' errors (the caller translates them), and
     :class:`~tether.exceptions.RemoteCancelError` if the owner failed to apply it."""
@@ -85,8 +91,13 @@ async def exchange(
     if raw is None:  # unknown, or Redis restarted empty and the owner has not written it again yet
         settle = min(default_interval, RESTART_SETTLE) + ack_timeout
         raw = await _read_again_after_a_restart(client, keys, request.run_id, settle)
+    early = raw is None and remember > 0
+    if early:
+        raw = await _keep_early(client, keys, request, remember)
     entry = parse(Entry, raw, f"{keys.runs}[{request.run_id!r}]") if raw is not None else None
     if entry is None or request.agent_id not in (None, entry.agent):
+        if early and raw is not None:  # the run registered meanwhile: it is not "early"
+            await client.delete(keys.early(request.run_id))
         return RemoteOutcome.not_found
     payload = request.dumps()
     answer = replies.expect(request.id)
@@ -97,6 +108,8 @@ async def exchange(
             pipe = client.pipeline(transaction=False)
             if attempt == 0:
                 pipe.set(keys.marker(request.run_id), payload, ex=MARKER_TTL)
+                if early:  # the run registered meanwhile: delivered as to any live run
+                    pipe.delete(keys.early(request.run_id))
             pipe.publish(keys.cancel(entry.owner), payload)
             await pipe.execute()
             if (ack := await _within(answer, ack_timeout / 2)) is not None:
@@ -118,6 +131,19 @@ async def exchange(
         removed,
     )
     return RemoteOutcome.owner_dead
+
+
+async def _keep_early(client: aioredis.Redis, keys: Keys, request: Request, seconds: float) -> Any:
+    """Keep ``request`` as ``early:<run>`` for ``seconds``; then the run's entry, read again.
+
+    The owner writes the entry, then reads (GETDEL) ``early:<run>``; here it is the other way round. So
+    either the owner finds the request, or the entry read here is there (and the request is delivered).
+    """
+    pipe = client.pipeline(transaction=False)
+    pipe.set(keys.early(request.run_id), request.dumps(), px=max(1, round(seconds * 1000)))
+    pipe.hget(keys.runs, request.run_id)
+    _, raw = await pipe.execute()
+    return raw
 
 
 async def _while_it_beats(

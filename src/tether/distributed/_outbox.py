@@ -4,7 +4,8 @@ A run registers (and unregisters) from whatever thread or loop it lives on, the 
 own included. :meth:`Outbox.put` only appends to a queue and, when the queue was empty, wakes the
 background loop (``call_soon_threadsafe``): it never waits for that loop nor for Redis. The loop sends
 everything queued in one pipeline on one connection, so a burst of thousands of runs costs a few round
-trips and never opens thousands of connections.
+trips and never opens thousands of connections. Each command's own replies come back through the future
+``put`` returned (a slice of the pipeline's, found with ``len(pipe)`` before and after the command).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 Command = Callable[[Any], object]
-"""Queues one command on the pipeline it is given (e.g. ``lambda pipe: pipe.hdel(key, field)``)."""
+"""Queues commands on the pipeline it is given (e.g. ``lambda pipe: pipe.hdel(key, field)``)."""
+Sent = concurrent.futures.Future[list[Any]]
+"""Done once a command was sent: its replies (an error as an exception object), or ``[]`` if it was not."""
 
 
 class Outbox:
@@ -27,7 +30,7 @@ class Outbox:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._queue: list[tuple[Command, concurrent.futures.Future[None]]] = []
+        self._queue: list[tuple[Command, Sent]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Event | None = None
 
@@ -35,12 +38,13 @@ class Outbox:
         """Start taking commands; call on the background loop."""
         self._loop, self._ready = asyncio.get_running_loop(), asyncio.Event()
 
-    def put(self, command: Command) -> concurrent.futures.Future[None] | None:
-        """Queue ``command``; a future done once it was sent (whatever the outcome), None if closed."""
+    def put(self, command: Command) -> Sent | None:
+        """Queue ``command``; a future of its replies, done once it was sent (``[]`` if it was not, Redis
+        being unreachable), None if closed. Its callbacks run on the background loop: they must not block."""
         loop = self._loop
         if loop is None:
             return None
-        sent: concurrent.futures.Future[None] = concurrent.futures.Future()
+        sent: Sent = concurrent.futures.Future()
         with self._lock:
             self._queue.append((command, sent))
             first = len(self._queue) == 1
@@ -64,14 +68,19 @@ class Outbox:
         await self._ready.wait()
         self._ready.clear()
         batch = self._take()
+        replies: list[list[Any]] = []
         try:
             if batch and client is not None:
                 pipe = client.pipeline(transaction=False)
+                spans = []
                 for command, _sent in batch:
+                    start = len(pipe)
                     command(pipe)
-                await pipe.execute(raise_on_error=False)  # one failing command does not fail the others
+                    spans.append((start, len(pipe)))
+                results = await pipe.execute(raise_on_error=False)  # one failing command fails no other
+                replies = [results[start:end] for start, end in spans]
         finally:
-            self._release(batch)
+            self._release(batch, replies)
 
     def close(self) -> None:
         """Take no more commands; those queued are sent by the next :meth:`send`."""
@@ -82,13 +91,14 @@ class Outbox:
         """Drop what is still queued (its waiters are released); after :meth:`close` and the last send."""
         self._release(self._take())
 
-    def _take(self) -> list[tuple[Command, concurrent.futures.Future[None]]]:
+    def _take(self) -> list[tuple[Command, Sent]]:
         with self._lock:
             batch, self._queue = self._queue, []
         return batch
 
     @staticmethod
-    def _release(batch: list[tuple[Command, concurrent.futures.Future[None]]]) -> None:
-        for _command, sent in batch:
+    def _release(batch: list[tuple[Command, Sent]], replies: list[list[Any]] | None = None) -> None:
+        """Complete the batch's futures: with their replies, ``[]`` for those not sent."""
+        for index, (_command, sent) in enumerate(batch):
             with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled by its waiter
-                sent.set_result(None)
+                sent.set_result(replies[index] if replies and index < len(replies) else [])

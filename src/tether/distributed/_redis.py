@@ -12,10 +12,14 @@ Keys, under ``prefix`` (their names and message shapes are in ``_wire``):
   or its heartbeat); every process's listener subscribes to its own, next to its ``cancel:`` channel;
 - ``answer:<request>``: the owner's durable copy of its answer (for an answer lost in transit);
 - ``marker:<run>``: a durable copy of a cancel request, written before publishing; the owner's heartbeat
-  applies it, so a lost message still stops the run within one heartbeat.
+  applies it, so a lost message still stops the run within one heartbeat;
+- ``early:<run>``: a user's cancel for a run that no worker had yet (it overtook the start), kept for
+  ``cancel_memory`` seconds; the worker where the run registers reads and removes it with the entry
+  write (``_local_runs``), and the run starts cancelled.
 
-Nothing is sent per streamed chunk: one command when a run registers (awaited before its first event,
-so any worker can find the run once a client has seen it), one when it ends, one pipeline per heartbeat.
+Nothing is sent per streamed chunk: two commands when a run registers (its entry, and the read of an early
+cancel; awaited before its first event, so any worker can find the run once a client has seen it), one
+when it ends, one pipeline per heartbeat.
 All Redis I/O runs on tether's background event loop (the sync bridge's), so runs on any loop, in any
 thread, can use it; registering a run only queues a command for that loop (``_outbox``), it never waits.
 Garbage read from Redis is logged and skipped; an outage or an error in a background task is logged and
@@ -25,15 +29,13 @@ the task goes on.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -44,21 +46,17 @@ from .._background_loop import at_exit
 from .._background_loop import background_loop as bridge
 from .._run._handle import RunHandle
 from .._run._lifecycle import CancelMode
-from .._run._registry import RunRegistry, registry
+from .._run._registry import RunRegistry, check_memory, registry
 from ..exceptions import RemoteCancelError
 from ..storage._base import owner_id
+from ._answers import Answerer
 from ._exchange import Replies, exchange
-from ._outbox import Outbox
+from ._local_runs import LocalRuns
 from ._owners import forget_owner, sweep
 from ._protocol import RemoteOutcome
-from ._wire import Ack, AckResult, Beat, Entry, Keys, Request, parse
+from ._wire import Ack, Beat, Entry, Keys, Request, parse
 
 logger = logging.getLogger("tether.distributed")
-
-ANSWERS_KEPT = 1024
-ANSWER_TTL = 60
-"""Seconds the durable copy of an answer lives (a canceller waits far less)."""
-"""Recent answers an owner remembers by request id, so a request delivered twice is answered alike."""
 
 
 class RedisCancellation:
@@ -72,6 +70,10 @@ class RedisCancellation:
     Times are in seconds. A remote cancel is answered once the owner acknowledges it (within
     ``ack_timeout`` when it is live and reachable by pub/sub, else at its next heartbeat); an owner that
     does not answer by then is dead, and what it left in Redis is removed.
+
+    A user's cancel for a run id that no worker has yet answers ``not_found`` but is kept in Redis for
+    ``cancel_memory`` seconds (default: the attached registry's, 60 s; 0 keeps none): a run that then
+    registers with that id, in any worker, starts cancelled (``source="user"``).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class RedisCancellation:
         owner_ttl: float = 10.0,
         ack_timeout: float = 1.0,
         connect_timeout: float = 0.5,
+        cancel_memory: float | None = None,
     ) -> None:
         self.url = url
         self.prefix = prefix
@@ -90,18 +93,17 @@ class RedisCancellation:
         self.owner_ttl = owner_ttl
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
+        self.cancel_memory = None if cancel_memory is None else check_memory(cancel_memory)
         self._keys = Keys(prefix)
         self._owner = owner_id()
-        self._live: dict[str, str] = {}  # run id -> agent id, of runs living in this process
-        self._writes: dict[str, concurrent.futures.Future[None]] = {}  # entries of runs not yet started
-        self._answered: dict[str, AckResult] = {}  # request id -> answer, the latest ANSWERS_KEPT
+        self._runs = LocalRuns(self._keys, self._owner)  # runs living in this process, their entries
+        self._answerer = Answerer(self._keys, self._find)  # applies and answers requests for our runs
         self._client: aioredis.Redis | None = None  # commands
         self._subscriber: aioredis.Redis | None = None  # the listener's subscription
         self._replies: Replies | None = None  # answers to this process's cancels, from the listener
         self._loop: asyncio.AbstractEventLoop | None = None  # the background loop, all Redis I/O runs there
         self._tasks: list[asyncio.Task[None]] = []  # the listener and the heartbeat
         self._writer: asyncio.Task[None] | None = None  # sends the outbox
-        self._outbox = Outbox()  # run entries to write or remove, from any thread
         self._registry: RunRegistry | None = None
         self._down_since: float | None = None
         self._sweep_cursor = 0
@@ -147,7 +149,7 @@ class RedisCancellation:
             at_exit(self._at_exit)  # registered after the background loop's, so it runs before it stops
         self._registry = to
         for handle in to.handles():
-            self._live[handle.run_id] = handle.agent_id
+            self._runs.live[handle.run_id] = handle.agent_id
         to.remote = self
 
     def _release(self) -> None:
@@ -164,13 +166,14 @@ class RedisCancellation:
         self._loop = loop = asyncio.get_running_loop()
         self._replies = Replies()
         self._stopping = False
-        self._outbox.open()
+        self._runs.outbox.open()
         pause = min(self.heartbeat_interval, 1.0)
         self._tasks = [
             loop.create_task(self._forever("listener", self._listen, pause)),
             loop.create_task(self._forever("heartbeat", self._beat, self.heartbeat_interval)),
         ]
-        self._writer = loop.create_task(self._forever("writer", lambda: self._outbox.send(self._client), 0))
+        outbox = self._runs.outbox
+        self._writer = loop.create_task(self._forever("writer", lambda: outbox.send(self._client), 0))
 
     def _connect(self, *, retries: int) -> aioredis.Redis:
         return aioredis.Redis.from_url(
@@ -192,13 +195,13 @@ class RedisCancellation:
         subscriber, self._subscriber = self._subscriber, None
         for task in self._tasks:
             task.cancel()
-        self._outbox.close()  # the writer sends what is queued, then ends
+        self._runs.outbox.close()  # the writer sends what is queued, then ends
         # Commands in flight end on their own (bounded by the socket timeout); closing the client under
         # one that is still connecting would leave its new socket open.
         if waiting := [*self._tasks, *([self._writer] if self._writer is not None else [])]:
             await asyncio.wait(waiting, timeout=3)
         self._tasks, self._writer = [], None
-        self._outbox.discard()  # anything queued too late: forget_owner removes every entry of ours
+        self._runs.outbox.discard()  # anything queued too late: forget_owner removes every entry of ours
         if client is not None:
             with contextlib.suppress(RedisError, OSError):
                 await forget_owner(client, self._keys, self._owner)
@@ -209,29 +212,19 @@ class RedisCancellation:
     # -- hooks from the registry (any thread, never blocking) ------------------------------------
 
     def run_registered(self, handle: RunHandle) -> None:
-        self._live[handle.run_id] = handle.agent_id
-        entry = Entry.written(self._owner, handle.agent_id)
-        written = self._outbox.put(lambda pipe: pipe.hset(self._keys.runs, handle.run_id, entry))
-        if written is not None:
-            self._writes[handle.run_id] = written
+        self._runs.registered(handle)
 
     async def run_started(self, handle: RunHandle) -> None:
         """Wait (at most ``connect_timeout``) until Redis has the entry :meth:`run_registered` sent.
 
-        So a cancel sent to any worker once the run's first event is out finds the run. With Redis
-        known to be down the run does not wait: the heartbeat writes the entry when Redis is back.
+        So a cancel sent to any worker once the run's first event is out finds the run, and an early
+        cancel kept for it is applied before that event. With Redis known to be down the run does not
+        wait: the heartbeat writes the entry when Redis is back.
         """
-        written = self._writes.pop(handle.run_id, None)
-        if written is None or written.done() or self._down_since is not None:
-            return
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self.connect_timeout):
-            # shield(): giving up waiting must not cancel the write itself
-            await asyncio.shield(asyncio.wrap_future(written))
+        await self._runs.started(handle, 0 if self._down_since is not None else self.connect_timeout)
 
     def run_unregistered(self, handle: RunHandle) -> None:
-        self._live.pop(handle.run_id, None)
-        self._writes.pop(handle.run_id, None)  # a run that never started
-        self._outbox.put(lambda pipe: pipe.hdel(self._keys.runs, handle.run_id))
+        self._runs.unregistered(handle)
 
     # -- cancelling a run that lives elsewhere ---------------------------------------------------
 
@@ -269,6 +262,7 @@ class RedisCancellation:
                 request,
                 ack_timeout=self.ack_timeout,
                 default_interval=self.heartbeat_interval,
+                remember=self._cancel_memory(),
             )
         except (RedisError, OSError) as exc:
             self._note_down(exc)
@@ -313,7 +307,7 @@ class RedisCancellation:
                     elif channel == answers and (ack := parse(Ack, data, channel)) is not None:
                         replies.deliver(ack)
                     elif channel == cancels and (request := parse(Request, data, channel)) is not None:
-                        await self._answer(client, request)
+                        await self._answerer.answer(client, request)
             finally:
                 replies.ready.clear()
 
@@ -321,7 +315,7 @@ class RedisCancellation:
         """One heartbeat: refresh this owner and its runs' entries, apply markers, sweep a page."""
         if (client := self._client) is None:
             return
-        live = dict(self._live)
+        live = dict(self._runs.live)
         pipe = client.pipeline(transaction=False)
         beat = Beat(interval=self.heartbeat_interval, ttl=self.owner_ttl).dumps()
         pipe.set(self._keys.owner(self._owner), beat, px=int(self.owner_ttl * 1000))
@@ -333,45 +327,18 @@ class RedisCancellation:
         self._note_up()
         for run_id, raw in zip(live, results[2] if live else [], strict=False):
             if raw is not None:  # a cancel whose message was lost (or not yet answered)
-                await self._apply_marker(client, run_id, raw)
+                await self._answerer.apply_marker(client, run_id, raw)
         self._sweep_cursor = await sweep(client, self._keys, self._sweep_cursor, self._owner)
 
-    async def _apply_marker(self, client: aioredis.Redis, run_id: str, raw: bytes) -> None:
-        key = self._keys.marker(run_id)
-        request = parse(Request, raw, key)
-        if request is None or request.run_id != run_id:
-            if request is not None:
-                logger.warning("skipped a marker at %s for another run (%s)", key, request.run_id)
-            await client.delete(key)  # it can never be applied
-            return
-        await self._answer(client, request)
-
-    async def _answer(self, client: aioredis.Redis, request: Request) -> None:
-        """Apply ``request`` (once per request id), clear its marker, and publish the answer."""
-        result = self._answered.get(request.id)
-        if result is None:
-            result = "failed"  # unless applying it returns
-            with _survive(f"applying cancel request {request.id}"):
-                result = self._apply(request)
-            self._answered[request.id] = result
-            if len(self._answered) > ANSWERS_KEPT:
-                del self._answered[next(iter(self._answered))]
-        ack = Ack(request=request.id, result=result).dumps()
-        pipe = client.pipeline(transaction=False)  # in this order: the published answer may be lost
-        pipe.set(self._keys.answer(request.id), ack, ex=ANSWER_TTL)
-        if request.reply_to is not None:
-            pipe.publish(self._keys.reply(request.reply_to), ack)
-        pipe.delete(self._keys.marker(request.run_id))
-        await pipe.execute()
-
-    def _apply(self, request: Request) -> AckResult:
-        handle = self._registry.get(request.run_id) if self._registry is not None else None
-        if handle is None or request.agent_id not in (None, handle.agent_id):
-            return "not_found"
-        accepted = handle.request_cancel(request.reason, "remote", mode=request.mode, grace=request.grace)
-        return "cancelled" if accepted else "ended"
-
     # -- plumbing ------------------------------------------------------------------------------
+
+    def _find(self, run_id: str) -> RunHandle | None:
+        return self._registry.get(run_id) if self._registry is not None else None
+
+    def _cancel_memory(self) -> float:
+        if self.cancel_memory is not None:
+            return self.cancel_memory
+        return self._registry.cancel_memory if self._registry is not None else registry.cancel_memory
 
     def _note_down(self, exc: BaseException) -> None:
         if self._down_since is None:
@@ -382,14 +349,3 @@ class RedisCancellation:
         if self._down_since is not None:
             logger.warning("Redis is reachable again after %.1f s", time.monotonic() - self._down_since)
             self._down_since = None
-
-
-@contextlib.contextmanager
-def _survive(what: str) -> Iterator[None]:
-    """Log and swallow what ``what`` raised, but Redis errors and cancellation (their callers handle them)."""
-    try:
-        yield
-    except (RedisError, OSError, asyncio.CancelledError):
-        raise
-    except BaseException:
-        logger.exception("tether's Redis canceller: %s failed; skipped", what)

@@ -38,7 +38,8 @@ class Entry(Message):
 
 
 class Request(Message):
-    """A cancel request: published on ``cancel:<owner>`` and stored as ``marker:<run>``."""
+    """A cancel request: published on ``cancel:<owner>`` and stored as ``marker:<run>`` (or ``early:<run>``
+    when no worker had the run yet)."""
 
     id: str
     run_id: str
@@ -105,6 +106,10 @@ class Keys:
 
     def marker(self, run_id: str) -> str:
         return f"{self.prefix}marker:{run_id}"
+
+    def early(self, run_id: str) -> str:
+        """A user's cancel for a run no worker had yet: applied by the worker where the run registers."""
+        return f"{self.prefix}early:{run_id}"
 
     def answer(self, request_id: str) -> str:
         """A durable copy of the owner's answer to one request (an ack lost in transit is read here)."""

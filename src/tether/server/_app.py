@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI
 from .. import __version__
 from .._agent import Agent
 from .._run import registry
-from .._run._registry import stop_runs
+from .._run._registry import check_memory, stop_runs
 from .._wire import Health
 from ..exceptions import ConfigurationError
 from ..storage import Storage, storage_from_url
@@ -38,6 +38,7 @@ def create_app(
     security_key: str | None = None,
     on_disconnect: DisconnectPolicy = "cancel",
     redis_url: str | None = None,
+    cancel_memory: float | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``agents``; the cancel operation follows Agno AgentOS.
 
@@ -47,7 +48,11 @@ def create_app(
     included. ``on_disconnect``: ``"cancel"`` stops a run whose client went away before it ended,
     streaming or not (``source="consumer"``); ``"continue"`` lets it finish in the background.
     ``redis_url`` (default ``TETHER_REDIS_URL``; key prefix ``TETHER_REDIS_PREFIX``, default ``tether:``)
-    lets a cancel reach a run owned by another worker process.
+    lets a cancel reach a run owned by another worker process. ``cancel_memory`` (default
+    ``TETHER_CANCEL_MEMORY``, else the process's setting, 60 s) is how long a cancel for a run id no
+    worker has yet is kept: the cancel answers 404, and a run then started with that id starts cancelled
+    (the client chose the id, and its Stop overtook its start). It is set for the whole process while the
+    app runs (``0`` keeps none).
 
     Example::
 
@@ -68,12 +73,13 @@ def create_app(
     key = security_key if security_key is not None else os.environ.get("TETHER_SECURITY_KEY") or None
     state = ServerState.of(chosen, store, on_disconnect)
     redis = redis_url or os.environ.get("TETHER_REDIS_URL") or None
+    memory = _cancel_memory(cancel_memory)
 
     # No description routes of FastAPI's own: they would be open to anyone (see _docs).
     app = FastAPI(
         title="tether",
         version=__version__,
-        lifespan=_lifespan(state, redis),
+        lifespan=_lifespan(state, redis, memory),
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
@@ -92,12 +98,27 @@ def create_app(
     return app
 
 
-def _lifespan(state: ServerState, redis_url: str | None):  # type: ignore[no-untyped-def]
+def _cancel_memory(seconds: float | None) -> float | None:
+    """``cancel_memory``, or ``TETHER_CANCEL_MEMORY``; None: leave the process's setting as it is."""
+    if seconds is not None:
+        return check_memory(seconds)
+    if not (text := os.environ.get("TETHER_CANCEL_MEMORY")):
+        return None
+    try:
+        return check_memory(float(text))
+    except ValueError as exc:
+        raise ConfigurationError(f"TETHER_CANCEL_MEMORY must be a number of seconds (got {text!r})") from exc
+
+
+def _lifespan(state: ServerState, redis_url: str | None, memory: float | None):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stores = {id(s): s for s in [state.storage, *(a.storage for a in state.agents.values() if a.storage)]}
         for store in stores.values():
             await store.open()  # a clear error at start-up, not a hang mid-run
+        kept = registry.cancel_memory
+        if memory is not None:
+            registry.cancel_memory = memory
         remote = await _attach_remote(redis_url)
         try:
             yield
@@ -105,6 +126,7 @@ def _lifespan(state: ServerState, redis_url: str | None):  # type: ignore[no-unt
             await shutdown_runs(state)
             if remote is not None:
                 await remote.adetach()
+            registry.cancel_memory = kept
             for store in stores.values():
                 await store.aclose()
 
