@@ -29,6 +29,7 @@ logger = logging.getLogger("tether.server")
 
 SHUTDOWN_WAIT = 10.0
 DEFAULT_STORAGE_URL = "sqlite:///tether.db"
+DEFAULT_SSE_KEEPALIVE = 15.0
 
 
 def create_app(
@@ -38,6 +39,7 @@ def create_app(
     security_key: str | None = None,
     on_disconnect: DisconnectPolicy = "cancel",
     redis_url: str | None = None,
+    sse_keepalive: float | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``agents``; the cancel operation follows Agno AgentOS.
 
@@ -45,9 +47,14 @@ def create_app(
     store of their own use it. ``security_key`` (default ``TETHER_SECURITY_KEY``) makes every route
     but ``/health`` require ``Authorization: Bearer <key>``, ``/openapi.json``, ``/docs`` and ``/redoc``
     included. ``on_disconnect``: ``"cancel"`` stops a run whose client went away before it ended,
-    streaming or not (``source="consumer"``); ``"continue"`` lets it finish in the background.
+    streaming or not (``source="consumer"``); ``"continue"`` lets it finish in the background (as a run
+    started with ``background=true`` always does; any run is read again with ``POST .../resume`` or
+    ``GET .../events``).
     ``redis_url`` (default ``TETHER_REDIS_URL``; key prefix ``TETHER_REDIS_PREFIX``, default ``tether:``)
-    lets a cancel reach a run owned by another worker process.
+    lets a cancel reach a run owned by another worker process. ``sse_keepalive`` (default
+    ``TETHER_SSE_KEEPALIVE``, else 15): an event stream with nothing to send gets an SSE comment every
+    ``sse_keepalive`` seconds (the first within two periods of silence), so proxies keep the connection
+    of a run that waits on a slow model or tool; 0 sends none.
 
     Example::
 
@@ -66,7 +73,7 @@ def create_app(
         if agent.storage is None:
             agent.storage = store
     key = security_key if security_key is not None else os.environ.get("TETHER_SECURITY_KEY") or None
-    state = ServerState.of(chosen, store, on_disconnect)
+    state = ServerState.of(chosen, store, on_disconnect, _keepalive(sse_keepalive))
     redis = redis_url or os.environ.get("TETHER_REDIS_URL") or None
 
     # No description routes of FastAPI's own: they would be open to anyone (see _docs).
@@ -90,6 +97,23 @@ def create_app(
     app.include_router(_routes.build(state), dependencies=auth)
     app.include_router(_docs.build(app), dependencies=auth)
     return app
+
+
+def _keepalive(given: float | None) -> float:
+    """The keep-alive period: given, else ``TETHER_SSE_KEEPALIVE``, else 15 s; a ConfigurationError if bad."""
+    if given is None:
+        text = os.environ.get("TETHER_SSE_KEEPALIVE") or None
+        if text is None:
+            return DEFAULT_SSE_KEEPALIVE
+        try:
+            given = float(text)
+        except ValueError:
+            raise ConfigurationError(
+                f"TETHER_SSE_KEEPALIVE must be a number of seconds (got {text!r})"
+            ) from None
+    if isinstance(given, bool) or not isinstance(given, int | float) or not 0 <= given < float("inf"):
+        raise ConfigurationError(f"sse_keepalive must be a number of seconds >= 0 (got {given!r})")
+    return float(given)
 
 
 def _lifespan(state: ServerState, redis_url: str | None):  # type: ignore[no-untyped-def]
