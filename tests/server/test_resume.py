@@ -379,7 +379,7 @@ def test_the_keep_alive_period_comes_from_the_argument_or_the_environment(
     assert make_app(sse_keepalive=0).state.tether.keepalive == 0.0
     monkeypatch.setenv("TETHER_SSE_KEEPALIVE", "soon")
     with pytest.raises(
-        ConfigurationError, match=r"^TETHER_SSE_KEEPALIVE must be a number of seconds \(got 'soon'\)$"
+        ConfigurationError, match=r"^TETHER_SSE_KEEPALIVE must be a number of seconds >= 0 \(got 'soon'\)$"
     ):
         make_app()
     for bad in (-1, float("nan"), float("inf"), True, "5"):

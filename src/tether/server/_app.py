@@ -101,18 +101,18 @@ def create_app(
 
 def _keepalive(given: float | None) -> float:
     """The keep-alive period: given, else ``TETHER_SSE_KEEPALIVE``, else 15 s; a ConfigurationError if bad."""
+    name, value = "sse_keepalive", repr(given)
     if given is None:
         text = os.environ.get("TETHER_SSE_KEEPALIVE") or None
         if text is None:
             return DEFAULT_SSE_KEEPALIVE
+        name, value = "TETHER_SSE_KEEPALIVE", repr(text)
         try:
             given = float(text)
         except ValueError:
-            raise ConfigurationError(
-                f"TETHER_SSE_KEEPALIVE must be a number of seconds (got {text!r})"
-            ) from None
+            given = float("nan")  # refused below, with the text as given
     if isinstance(given, bool) or not isinstance(given, int | float) or not 0 <= given < float("inf"):
-        raise ConfigurationError(f"sse_keepalive must be a number of seconds >= 0 (got {given!r})")
+        raise ConfigurationError(f"{name} must be a number of seconds >= 0 (got {value})")
     return float(given)
 
 
