@@ -189,7 +189,7 @@ async def test_reconnects_are_bounded_then_the_stream_raises(
 async def test_keep_alive_comments_are_not_events_for_the_client(
     live: Callable[..., LiveServer], make_app: Callable[..., FastAPI]
 ) -> None:
-    agent = Agent(name="Teller", model=ScriptedModel(["a ", "b ", "c "], stall=0.4, stall_at=2))
+    agent = Agent(name="Teller", model=ScriptedModel(["a ", "b ", "c "], stall=0.6, stall_at=2))
     server = live(make_app([agent], sse_keepalive=0.05))
     async with AsyncTetherClient(server.url) as client:
         events = [event async for event in client.stream("teller", "go")]
