@@ -27,6 +27,7 @@ HIDDEN = (
     "TETHER_STORAGE_URL",
     "TETHER_REDIS_URL",
     "TETHER_SECURITY_KEY",
+    "TETHER_SSE_KEEPALIVE",
 )
 ENV = {k: v for k, v in os.environ.items() if k not in HIDDEN}
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and pipes")
@@ -166,6 +167,22 @@ def test_serve_with_a_bad_url_is_one_line(args: list[str], message: str) -> None
     proc = serve(*args, "--port", str(closed_port()))
     assert proc.returncode in (2, 3), proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(message), proc.stderr
+
+
+def test_a_bad_sse_keepalive_is_refused_before_anything_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    from tether.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--sse-keepalive", "soon"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "error: argument --sse-keepalive: must be a number of seconds (got 'soon')\n"
+    )
+    proc = serve("--port", str(closed_port()), env={"TETHER_SSE_KEEPALIVE": "-3"})
+    assert (proc.returncode, proc.stderr) == (
+        2,
+        "tether: TETHER_SSE_KEEPALIVE must be a number of seconds >= 0 (got '-3')\n",
+    )
 
 
 @pytest.mark.parametrize(

@@ -22,9 +22,10 @@ TYPE_CHECKING = False  # not typing's: importing typing alone would double this 
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._agent import Agent, RunOptions
+    from ._agent import Agent
     from ._cancel import cancel_run
     from ._messages import Message, ToolCall, ToolCallFunction
+    from ._options import RunOptions
     from ._run import (
         BaseRunEvent,
         CancelMode,
@@ -135,7 +136,7 @@ _WHERE = {
     "RunErrorEvent": "._run",
     "RunEvent": "._run",
     "RunMetrics": "._run",
-    "RunOptions": "._agent",
+    "RunOptions": "._options",
     "RunOutput": "._run",
     "RunOutputEvent": "._run",
     "RunStartedEvent": "._run",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal, TypedDict, Unpack, overload
+from dataclasses import replace
+from typing import Any, Literal, Unpack, overload
 
 from ._background_loop import background_loop
 from ._cancel import acancel_anywhere, cancel_anywhere
 from ._ids import check_id, new_id, slug
 from ._messages import Message
+from ._options import Options, RunOptions, check_timeout, parse_options
 from ._run import (
     CancelMode,
     RunContext,
@@ -29,43 +30,6 @@ from .exceptions import ConfigurationError, ToolError
 from .models.base import Model
 from .storage import Storage
 from .tools._tool import Tool, as_tools
-
-
-class RunOptions(TypedDict, total=False):
-    """The per-run keyword options of ``arun``/``run``, kept together on their way to the run.
-
-    - ``run_id``: choose the id yourself (so you can cancel before the first event);
-    - ``session_id``: groups the runs of one conversation;
-    - ``timeout``: a deadline in seconds (default: the agent's), ending in ``RunCancelled(source="timeout")``;
-    - ``history``: earlier messages to continue from, e.g. a previous ``RunOutput.messages``;
-    - ``user_id``: who the run is for, recorded on the output and in storage.
-    """
-
-    run_id: str | None
-    session_id: str | None
-    user_id: str | None
-    timeout: float | None
-    history: Sequence[Message] | None
-
-
-@dataclass(frozen=True)
-class _Options:
-    run_id: str | None = None
-    session_id: str | None = None
-    user_id: str | None = None
-    timeout: float | None = None
-    history: Sequence[Message] | None = None
-    parent_run_id: str | None = None
-    unused_checked: bool = False  # the caller-chosen run id was checked against storage already
-
-
-def _options(given: RunOptions) -> _Options:
-    unknown = set(given) - set(RunOptions.__annotations__)
-    if unknown:
-        raise ConfigurationError(
-            f"unknown run option(s) {', '.join(sorted(unknown))}; use {', '.join(RunOptions.__annotations__)}"
-        )
-    return _Options(**given)
 
 
 class Agent:
@@ -120,7 +84,7 @@ class Agent:
         self.instructions = [instructions] if isinstance(instructions, str) else list(instructions or [])
         self.tools = as_tools(tools)
         self.max_steps = max_steps
-        self.timeout = _check_timeout(timeout)
+        self.timeout = check_timeout(timeout)
         if storage is not None and not isinstance(storage, Storage):
             raise ConfigurationError(f"storage must be a tether Storage (got {type(storage).__name__})")
         self.storage = storage
@@ -160,7 +124,7 @@ class Agent:
         (status PENDING or RUNNING, its ``run_id``); the run goes on in this event loop with no
         consumer. Read it with :meth:`aattach`, stop it with :meth:`acancel_run`.
         """
-        chosen = _options(options)
+        chosen = parse_options(options)
         if background:
             if stream:
                 raise ConfigurationError("background=True returns at once: read the run with aattach()")
@@ -169,14 +133,14 @@ class Agent:
             return self._open(input, chosen)
         return self._collect(input, chosen)
 
-    async def _collect(self, input: str, options: _Options) -> RunOutput:
+    async def _collect(self, input: str, options: Options) -> RunOutput:
         if options.run_id is not None and self.storage is not None:
             check_id("run id", options.run_id)
             await self._check_unused(options.run_id)
             options = replace(options, unused_checked=True)
         return await self._open(input, options).collect()
 
-    async def _start_background(self, input: str, options: _Options) -> RunOutput:
+    async def _start_background(self, input: str, options: Options) -> RunOutput:
         if options.run_id is not None and self.storage is not None:
             check_id("run id", options.run_id)
             await self._check_unused(options.run_id)
@@ -242,7 +206,7 @@ class Agent:
         ``KeyboardInterrupt``) cancels the run with ``source="outer"`` and propagates.
         ``background=True`` returns once the run has started (read it with :meth:`attach`).
         """
-        chosen = _options(options)
+        chosen = parse_options(options)
         if background:
             if stream:
                 raise ConfigurationError("background=True returns at once: read the run with attach()")
@@ -340,14 +304,14 @@ class Agent:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _open(self, input: str, options: _Options) -> RunStream:
+    def _open(self, input: str, options: Options) -> RunStream:
         if not isinstance(input, str):
             raise ConfigurationError(f"input must be a str (got {type(input).__name__})")
         run_id = check_id("run id", options.run_id) if options.run_id is not None else new_id()
         session_id = (
             check_id("session id", options.session_id) if options.session_id is not None else new_id()
         )
-        timeout = _check_timeout(options.timeout) if options.timeout is not None else self.timeout
+        timeout = check_timeout(options.timeout) if options.timeout is not None else self.timeout
         handle = RunHandle(
             run_id,
             self.id,
@@ -385,7 +349,7 @@ class Agent:
 
 
 async def _ask_subagent(agent: Agent, input: str, context: RunContext) -> str:
-    output = await agent._open(input, _Options(parent_run_id=context.run_id)).collect()
+    output = await agent._open(input, Options(parent_run_id=context.run_id)).collect()
     if output.status is RunStatus.cancelled:
         raise ToolError(
             f"Cancelled: {output.cancel_reason or output.cancel_source or 'the sub-agent was stopped'}"
@@ -393,9 +357,3 @@ async def _ask_subagent(agent: Agent, input: str, context: RunContext) -> str:
     if output.status is RunStatus.error:
         raise ToolError(f"the {agent.name or agent.id} agent failed: {output.error}")
     return output.content
-
-
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is not None and not timeout > 0:
-        raise ConfigurationError(f"timeout must be a positive number of seconds (got {timeout!r})")
-    return timeout

@@ -31,6 +31,12 @@ class RunRequest(BaseModel):
 
     message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS, description="The user's message")
     stream: bool = Field(default=True, description="Stream events (text/event-stream) or answer a RunOutput")
+    background: bool = Field(
+        default=False,
+        description="The run goes on whatever happens to this request: with stream=false a 202 answers at "
+        "once (a BackgroundRun); with stream=true the events stream as usual and the run survives a "
+        "disconnect. Read it again with POST .../resume or GET .../events.",
+    )
     session_id: Id | None = None
     user_id: str | None = Field(default=None, max_length=256)
     run_id: Id | None = Field(
@@ -54,3 +60,25 @@ class CancelResult(BaseModel):
     run_id: str
     agent_id: str
     status: RunStatus
+
+
+class BackgroundRun(BaseModel):
+    """The 202 answer of ``POST /agents/{agent_id}/runs`` with ``background=true, stream=false``."""
+
+    run_id: str
+    agent_id: str
+    session_id: str | None = None
+    status: RunStatus
+
+
+class ResumeRequest(BaseModel):
+    """Optional body of ``POST /agents/{agent_id}/runs/{run_id}/resume`` (JSON or form)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    last_event_index: int | None = Field(
+        default=None,
+        ge=-1,
+        description="The event_index of the last event received: the stream starts after it (all if absent)",
+    )
+    session_id: Id | None = Field(default=None, description="If given, the run's session must be this one")

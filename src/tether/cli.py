@@ -188,12 +188,30 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="cancel runs across workers and hosts through Redis (default: $TETHER_REDIS_URL)",
     )
+    serve.add_argument(
+        "--sse-keepalive",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="an SSE comment on event streams silent for this long; 0: none "
+        "(default: $TETHER_SSE_KEEPALIVE, else 15)",
+    )
 
 
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds (got {text!r})") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0 (got {text!r})")
     return value
 
 
@@ -205,6 +223,8 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.redis_url:
         os.environ["TETHER_REDIS_URL"] = args.redis_url  # read by create_app, in every worker too
+    if args.sse_keepalive is not None:
+        os.environ["TETHER_SSE_KEEPALIVE"] = repr(args.sse_keepalive)  # idem
     settings = ServeSettings(args.target, args.storage, args.security_key, args.on_disconnect)
     return serve(settings, host=args.host, port=args.port, workers=args.workers)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,44 @@ def parse_sse(text: str) -> list[tuple[str, dict[str, Any]]]:
         data = "\n".join(line[5:].strip() for line in lines if line.startswith("data:"))
         frames.append((event, json.loads(data)))
     return frames
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One SSE frame as sent: its ``id:``, ``event:`` and JSON ``data:``; a comment has only ``comment``."""
+
+    id: int | None = None
+    event: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    comment: str | None = None
+
+
+def frames_of(lines: list[str]) -> list[Frame]:
+    """The frames and comments of SSE ``lines``, by hand (each frame ends at a blank line)."""
+    import json
+
+    found: list[Frame] = []
+    fields: dict[str, str] = {}
+    for line in lines:
+        if line.startswith(":"):
+            found.append(Frame(comment=line[1:].strip()))
+        elif line:
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+        elif fields:
+            data = json.loads(fields["data"])
+            found.append(Frame(int(fields["id"]) if "id" in fields else None, fields.get("event"), data))
+            fields = {}
+    return found
+
+
+async def sse_frames(response: httpx.Response) -> AsyncIterator[Frame]:
+    """The frames of a streaming response as they arrive (comments left out)."""
+    lines: list[str] = []
+    async for line in response.aiter_lines():
+        lines.append(line)
+        if not line:
+            for frame in frames_of(lines):
+                if frame.comment is None:
+                    yield frame
+            lines = []

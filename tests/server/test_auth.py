@@ -32,6 +32,8 @@ ROUTES: dict[tuple[str, str], tuple[int, str]] = {
     ("GET", "/agents/{agent_id}/runs"): (200, "application/json"),
     ("GET", "/agents/{agent_id}/runs/{run_id}"): (404, "application/json"),  # before r-auth ran
     ("POST", "/agents/{agent_id}/runs/{run_id}/cancel"): (404, "application/json"),  # idem
+    ("POST", "/agents/{agent_id}/runs/{run_id}/resume"): (404, "application/json"),  # idem
+    ("GET", "/agents/{agent_id}/runs/{run_id}/events"): (404, "application/json"),  # idem
     ("GET", "/sessions/{session_id}/runs"): (200, "application/json"),
 }
 OPEN = {("GET", "/health")}

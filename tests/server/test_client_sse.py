@@ -167,7 +167,8 @@ def canned(answer: bytes) -> Iterator[str]:
 
 
 async def stream_all(url: str) -> list[object]:
-    async with AsyncTetherClient(url) as client:
+    """A canned server answers once: no reconnects here (see test_client_resume.py)."""
+    async with AsyncTetherClient(url, reconnects=0) as client:
         return [event async for event in client.stream("a", "hi")]
 
 

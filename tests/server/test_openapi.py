@@ -70,6 +70,48 @@ def test_cancel_operation_matches_the_contract(tmp_path: Path) -> None:
     assert "HTTPValidationError" not in spec["components"]["schemas"]
 
 
+def test_background_runs_and_the_resume_routes_are_documented(tmp_path: Path) -> None:
+    spec = make_app(tmp_path / "r.db").openapi()
+    create = spec["paths"]["/agents/{agent_id}/runs"]["post"]
+    assert create["responses"]["202"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/BackgroundRun"
+    }
+    background = create["requestBody"]["content"]["application/json"]["schema"]["properties"]["background"]
+    assert (background["type"], background["default"]) == ("boolean", False)
+    assert background["description"].startswith("The run goes on whatever happens to this request")
+    resume = spec["paths"]["/agents/{agent_id}/runs/{run_id}/resume"]["post"]
+    events = spec["paths"]["/agents/{agent_id}/runs/{run_id}/events"]["get"]
+    assert (resume["operationId"], resume["summary"], resume["tags"]) == (
+        "resume_agent_run",
+        "Resume Agent Run",
+        ["Agents"],
+    )
+    assert (events["operationId"], events["summary"]) == ("get_agent_run_events", "Agent Run Events")
+    for op in (resume, events):
+        assert op["responses"]["200"]["content"] == {"text/event-stream": {"schema": {"type": "string"}}}
+        assert sorted(op["responses"]) == ["200", "401", "404", "422", "500"]
+        assert op["responses"]["404"]["description"] == "Run not found"
+        assert op["responses"]["404"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/NotFoundResponse"
+        }
+    header = next(p for p in events["parameters"] if p["in"] == "header")
+    assert (header["name"], header["schema"]["type"], header["schema"]["minimum"]) == (
+        "Last-Event-ID",
+        "integer",
+        -1,
+    )
+    body = resume["requestBody"]
+    assert body["required"] is False
+    as_json = body["content"]["application/json"]["schema"]["properties"]["last_event_index"]
+    as_form = body["content"]["application/x-www-form-urlencoded"]["schema"]["properties"]["last_event_index"]
+    assert as_json["anyOf"] == [{"minimum": -1, "type": "integer"}, {"type": "null"}]
+    assert (as_form["type"], as_form["minimum"], "anyOf" in as_form) == (
+        "integer",
+        -1,
+        False,
+    )  # forms: no null
+
+
 def test_an_open_server_declares_no_security(tmp_path: Path) -> None:
     spec = make_app(tmp_path / "open.db", key=None).openapi()
     assert "security" not in spec["paths"]["/agents/{agent_id}/runs/{run_id}/cancel"]["post"]
@@ -102,8 +144,10 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_status(
         "GET /agents/{agent_id}",
         "GET /agents/{agent_id}/runs",
         "GET /agents/{agent_id}/runs/{run_id}",
+        "GET /agents/{agent_id}/runs/{run_id}/events",
         "GET /health",
         "GET /sessions/{session_id}/runs",
         "POST /agents/{agent_id}/runs",
         "POST /agents/{agent_id}/runs/{run_id}/cancel",
+        "POST /agents/{agent_id}/runs/{run_id}/resume",
     ]

@@ -24,12 +24,15 @@ import pytest
 from tether import RunOutput, RunStatus
 from tether.storage import SqliteStorage
 
+from .conftest import frames_of
+
 HIDDEN = (
     "OPENAI_API_KEY",
     "OPENAI_BASE_URL",
     "TETHER_STORAGE_URL",
     "TETHER_SECURITY_KEY",
     "TETHER_SERVE_TARGET",
+    "TETHER_SSE_KEEPALIVE",
 )
 ENV = {k: v for k, v in os.environ.items() if k not in HIDDEN}
 STARTUP = 20.0
@@ -44,6 +47,7 @@ quick = Agent(name="Quick", description="Answers at once",
               model=ScriptedModel(["Hello", " from", " a", " module."], delay=0.01))
 slow = Agent(name="Slow", description="Tells a long story",
              model=ScriptedModel([f"word{i} " for i in range(3000)], delay=0.01))
+stalled = Agent(name="Stalled", model=ScriptedModel(["Hel", "lo"], stall=60, stall_at=1))
 agents = [quick, slow]
 app = create_app(Agent(name="Appy", model=ScriptedModel(["From", " the", " app."])),
                  storage=SqliteStorage("app.db"), security_key="app-key")
@@ -301,6 +305,31 @@ def test_sigterm_cancels_a_streaming_run_stores_it_and_exits_0(project: Path) ->
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
+def test_sigterm_stores_a_background_run_and_a_silent_stream_gets_keep_alives(project: Path) -> None:
+    db = project / "runs.db"
+    args = ("agents_mod:stalled", "--storage", f"sqlite:///{db}", "--sse-keepalive", "0.05")
+    with serving(*args, cwd=project) as server, httpx.Client(base_url=server.url, timeout=15) as client:
+        form = {"message": "hi", "stream": "false", "background": "true", "run_id": "r-bg"}
+        assert client.post("/agents/stalled/runs", data=form).status_code == 202
+        with client.stream("GET", "/agents/stalled/runs/r-bg/events") as response:
+            lines = response.iter_lines()
+            seen = [next(lines) for _ in range(8)]  # RunStarted and RunContent: 4 lines each
+            while seen.count(": keep-alive") < 2:  # the model stalls: the stream gets comments
+                seen.append(next(lines))
+            server.proc.send_signal(signal.SIGTERM)
+            seen += list(lines)
+        assert server.proc.wait(10) == 0
+    frames = frames_of(seen)
+    assert [(f.id, f.event, f.comment) for f in frames if f.comment is None] == [
+        (0, "RunStarted", None),
+        (1, "RunContent", None),
+        (2, "RunCancelled", None),
+    ]
+    assert (frames[-1].data["source"], frames[-1].data["content"]) == ("shutdown", "Hel")
+    stored = stored_run(db, "r-bg")
+    assert stored is not None and (stored.status, stored.cancel_source) == (RunStatus.cancelled, "shutdown")
+
+
 def test_workers_serve_and_sigterm_stops_every_process(tmp_path: Path) -> None:
     with serving("--workers", "2", cwd=tmp_path) as server:
         deadline = time.monotonic() + STARTUP

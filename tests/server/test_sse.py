@@ -41,11 +41,13 @@ TEXTS = [
 
 
 def pydantic_frame(event: BaseRunEvent) -> bytes:
-    return f"event: {event.event.value}\ndata: {event.model_dump_json()}\n\n".encode()
+    return (
+        f"id: {event.event_index}\nevent: {event.event.value}\ndata: {event.model_dump_json()}\n\n".encode()
+    )
 
 
 def content(text: str, created_at: int = 1_700_000_000, **fields: Any) -> RunContentEvent:
-    values = {**COMMON, **fields}
+    values = {"event_index": 0, **COMMON, **fields}
     return construct(
         RunContentEvent,
         {
@@ -86,10 +88,13 @@ async def never_disconnects() -> Any:
 def test_every_event_kind_encodes_exactly_as_pydantic() -> None:
     events: list[BaseRunEvent] = [
         RunStartedEvent(**COMMON, status=RunStatus.running, model="m"),
-        *(content(text) for text in TEXTS),
+        *(content(text, event_index=i) for i, text in enumerate(TEXTS, 1)),
+        content("next second", created_at=1_700_000_001, event_index=6),
+        content("same second", created_at=1_700_000_001, event_index=7),
+        content("a big index", created_at=1_700_000_001, event_index=10**12),
         content("x", created_at=1_800_000_000, session_id="s-1"),  # other fields: learnt again
         content("y", agent_name=None),
-        content("z", agent_name='quo"ted, "created_at":1,'),
+        content("z", agent_name='quo"ted, "created_at":1, "event_index":2,'),
         ToolCallStartedEvent(
             **COMMON, status=RunStatus.running, tool_call_id="c", tool_name="t", tool_args={"k": [1]}
         ),
@@ -120,7 +125,8 @@ async def test_a_burst_is_one_message_ending_with_the_terminal_event() -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    await EventStreamResponse(stream, Relays(), "cancel")({"type": "http"}, never_disconnects, send)
+    response = EventStreamResponse.of_run(stream, Relays(), keepalive=0, on_gone=lambda: None)
+    await response({"type": "http"}, never_disconnects, send)
     start, *bodies = sent
     assert start["type"] == "http.response.start"
     assert len(bodies) <= 3  # RunStarted, the 300 chunks and the end: not a message per event
@@ -146,9 +152,8 @@ async def test_a_backlog_and_the_cancel_leave_together() -> None:
 
     relays = Relays()
     async with anyio.create_task_group() as group:
-        group.start_soon(
-            EventStreamResponse(stream, relays, "cancel"), {"type": "http"}, never_disconnects, send
-        )
+        response = EventStreamResponse.of_run(stream, relays, keepalive=0, on_gone=lambda: None)
+        group.start_soon(response, {"type": "http"}, never_disconnects, send)
         with anyio.fail_after(5):
             await writing.wait()
             snapshot = stream.handle.snapshot

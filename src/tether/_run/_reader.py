@@ -31,7 +31,17 @@ class RunReader:
     live in this process nor stored.
     """
 
-    __slots__ = ("_after", "_agent_id", "_buffer", "_done", "_handle", "_replay", "_storage", "run_id")
+    __slots__ = (
+        "_after",
+        "_agent_id",
+        "_buffer",
+        "_done",
+        "_handle",
+        "_replay",
+        "_session_id",
+        "_storage",
+        "run_id",
+    )
 
     def __init__(self, run_id: str, agent_id: str, storage: Storage | None, after: int | None) -> None:
         self.run_id = run_id
@@ -41,6 +51,7 @@ class RunReader:
         handle = registry.get(run_id)  # a live run is bound at once: it may end before the first read
         self._handle = handle if handle is not None and handle.agent_id == agent_id else None
         self._replay: list[BaseRunEvent] | None = None
+        self._session_id: str | None = None  # a replayed run's
         self._buffer: deque[BaseRunEvent] = deque()
         self._done = False
 
@@ -48,6 +59,20 @@ class RunReader:
     def last_event_index(self) -> int | None:
         """The index of the last event read (``after`` before the first)."""
         return self._after
+
+    @property
+    def session_id(self) -> str | None:
+        """The run's session id, once it was found (after :meth:`locate` or the first read)."""
+        return self._handle.session_id if self._handle is not None else self._session_id
+
+    async def locate(self) -> None:
+        """Find the run now, without waiting for an event: raises RunNotFoundError as the first read would.
+
+        For a server, which must answer 404 before it sends a stream's headers, and must not hold
+        them back until a stalled run's next event.
+        """
+        if self._handle is None and self._replay is None and not self._done:
+            await self._find()
 
     def __aiter__(self) -> RunReader:
         return self
@@ -98,6 +123,7 @@ class RunReader:
             raise RunNotFoundError(
                 f"run {self.run_id!r} is active in another process (or was left RUNNING by one that exited)"
             )
+        self._session_id = output.session_id
         self._replay = _replay(output)
 
     async def _from_log(self) -> list[BaseRunEvent]:

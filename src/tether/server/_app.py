@@ -29,6 +29,7 @@ logger = logging.getLogger("tether.server")
 
 SHUTDOWN_WAIT = 10.0
 DEFAULT_STORAGE_URL = "sqlite:///tether.db"
+DEFAULT_SSE_KEEPALIVE = 15.0
 
 
 def create_app(
@@ -39,6 +40,7 @@ def create_app(
     on_disconnect: DisconnectPolicy = "cancel",
     redis_url: str | None = None,
     cancel_memory: float | None = None,
+    sse_keepalive: float | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``agents``; the cancel operation follows Agno AgentOS.
 
@@ -46,13 +48,18 @@ def create_app(
     store of their own use it. ``security_key`` (default ``TETHER_SECURITY_KEY``) makes every route
     but ``/health`` require ``Authorization: Bearer <key>``, ``/openapi.json``, ``/docs`` and ``/redoc``
     included. ``on_disconnect``: ``"cancel"`` stops a run whose client went away before it ended,
-    streaming or not (``source="consumer"``); ``"continue"`` lets it finish in the background.
+    streaming or not (``source="consumer"``); ``"continue"`` lets it finish in the background (as a run
+    started with ``background=true`` always does; any run is read again with ``POST .../resume`` or
+    ``GET .../events``).
     ``redis_url`` (default ``TETHER_REDIS_URL``; key prefix ``TETHER_REDIS_PREFIX``, default ``tether:``)
     lets a cancel reach a run owned by another worker process. ``cancel_memory`` (default
     ``TETHER_CANCEL_MEMORY``, else the process's setting, 60 s) is how long a cancel for a run id no
     worker has yet is kept: the cancel answers 404, and a run then started with that id starts cancelled
     (the client chose the id, and its Stop overtook its start). It is set for the whole process while the
-    app runs (``0`` keeps none).
+    app runs (``0`` keeps none). ``sse_keepalive`` (default ``TETHER_SSE_KEEPALIVE``, else 15): an event
+    stream with nothing to send gets an SSE comment every ``sse_keepalive`` seconds (the first within two
+    periods of silence), so proxies keep the connection of a run that waits on a slow model or tool; 0
+    sends none.
 
     Example::
 
@@ -71,7 +78,7 @@ def create_app(
         if agent.storage is None:
             agent.storage = store
     key = security_key if security_key is not None else os.environ.get("TETHER_SECURITY_KEY") or None
-    state = ServerState.of(chosen, store, on_disconnect)
+    state = ServerState.of(chosen, store, on_disconnect, _keepalive(sse_keepalive))
     redis = redis_url or os.environ.get("TETHER_REDIS_URL") or None
     memory = _cancel_memory(cancel_memory)
 
@@ -108,6 +115,23 @@ def _cancel_memory(seconds: float | None) -> float | None:
         return check_memory(float(text))
     except ValueError as exc:
         raise ConfigurationError(f"TETHER_CANCEL_MEMORY must be a number of seconds (got {text!r})") from exc
+
+
+def _keepalive(given: float | None) -> float:
+    """The keep-alive period: given, else ``TETHER_SSE_KEEPALIVE``, else 15 s; a ConfigurationError if bad."""
+    name, value = "sse_keepalive", repr(given)
+    if given is None:
+        text = os.environ.get("TETHER_SSE_KEEPALIVE") or None
+        if text is None:
+            return DEFAULT_SSE_KEEPALIVE
+        name, value = "TETHER_SSE_KEEPALIVE", repr(text)
+        try:
+            given = float(text)
+        except ValueError:
+            given = float("nan")  # refused below, with the text as given
+    if isinstance(given, bool) or not isinstance(given, int | float) or not 0 <= given < float("inf"):
+        raise ConfigurationError(f"{name} must be a number of seconds >= 0 (got {value})")
+    return float(given)
 
 
 def _lifespan(state: ServerState, redis_url: str | None, memory: float | None):  # type: ignore[no-untyped-def]

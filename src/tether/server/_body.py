@@ -1,4 +1,4 @@
-"""Reading a request body as JSON, urlencoded or multipart form, within a size limit."""
+"""Reading a request body as JSON, urlencoded or multipart form, within a size limit; its OpenAPI doc."""
 
 from __future__ import annotations
 
@@ -13,6 +13,27 @@ from ._errors import HTTPProblem, describe_errors
 
 M = TypeVar("M", bound=BaseModel)
 FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def openapi_body(model: type[BaseModel], *, required: bool) -> dict[str, Any]:
+    """The ``requestBody`` of an operation reading ``model`` as JSON or as a form.
+
+    A form field is a string, never null: in the forms' schema an optional field is its non-null
+    alternative (absent means None), so a client generated from the spec never sends ``"null"``.
+    """
+    schema = model.model_json_schema()
+    form = {**schema, "properties": {k: _not_null(v) for k, v in schema.get("properties", {}).items()}}
+    content = {"application/json": {"schema": schema}}
+    content.update({kind: {"schema": form} for kind in FORMS})
+    return {"requestBody": {"required": required, "content": content}}
+
+
+def _not_null(field: dict[str, Any]) -> dict[str, Any]:
+    alternatives = [a for a in field.get("anyOf", ()) if a != {"type": "null"}]
+    if len(alternatives) != 1:
+        return field
+    rest = {k: v for k, v in field.items() if k not in ("anyOf", "default")}
+    return {**alternatives[0], **rest}
 
 
 async def read(request: Request, model: type[M], *, required: bool = True) -> M:

@@ -1,21 +1,27 @@
-"""The HTTP routes: agents, runs (start, stream, cancel, read, list) and sessions."""
+"""The HTTP routes: agents, runs (start, stream, cancel, read, list) and sessions.
+
+Reading a run's events again (resume, events) lives in :mod:`._resume`.
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse
 
 from .._agent import Agent
 from .._ids import ID_PATTERN
 from .._run import CancelAnswer, RunHandle, RunOutput, RunStatus, registry
-from .._wire import AgentInfo, CancelRequest, CancelResult, RunRequest
+from .._wire import AgentInfo, BackgroundRun, CancelRequest, CancelResult, RunRequest
 from ..distributed._protocol import RemoteOutcome
 from ..exceptions import ConfigurationError, RemoteCancelError, StorageError
 from ..storage._base import CRASHED_ERROR, CRASHED_TYPE
-from . import _body
+from . import _body, _resume
 from ._collect import RunOutputResponse
+from ._disconnect import client_gone
 from ._errors import HTTPProblem, logger, responses
 from ._sse import EventStreamResponse
 from ._state import ServerState
@@ -24,29 +30,17 @@ AgentId = Annotated[str, Path(pattern=ID_PATTERN.pattern, description="The agent
 RunId = Annotated[str, Path(pattern=ID_PATTERN.pattern, description="The run's id")]
 SessionId = Annotated[str, Path(pattern=ID_PATTERN.pattern, description="The session's id")]
 
-RUN_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            kind: {"schema": RunRequest.model_json_schema()}
-            for kind in ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
-        },
-    }
-}
-CANCEL_BODY = {
-    "requestBody": {
-        "required": False,
-        "content": {
-            kind: {"schema": CancelRequest.model_json_schema()}
-            for kind in ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
-        },
-    }
-}
+RUN_BODY = _body.openapi_body(RunRequest, required=True)
+CANCEL_BODY = _body.openapi_body(CancelRequest, required=False)
 STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A RunOutput, or with stream=true a text/event-stream of run events",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    }
+    },
+    202: {
+        "model": BackgroundRun,
+        "description": "With background=true and stream=false: the run has started and goes on",
+    },
 }
 
 
@@ -55,6 +49,7 @@ def build(state: ServerState) -> APIRouter:
     router = APIRouter()
     _agent_routes(router, state)
     _run_routes(router, state)
+    _resume.add_routes(router, state)
     _read_routes(router, state)
     return router
 
@@ -81,6 +76,12 @@ def _run_routes(router: APIRouter, state: ServerState) -> None:
         tags=["Agents"],
         summary="Create Agent Run",
         operation_id="create_agent_run",
+        description="Start a run of the agent. With stream=true (the default) the answer is a "
+        "text/event-stream of its events, each frame's id: its event_index; with stream=false the "
+        "RunOutput once it ended. "
+        "With background=true the run goes on whatever happens to this request: with stream=false a 202 "
+        "answers at once; with stream=true a client that goes away does not stop it. A run is read "
+        "again with POST .../resume or GET .../events.",
         response_model=RunOutput,
         responses={**STREAM_DOC, **responses(400, 401, 404, 422, 500, d404="Agent not found")},
         openapi_extra=RUN_BODY,
@@ -90,6 +91,8 @@ def _run_routes(router: APIRouter, state: ServerState) -> None:
         body = await _body.read(request, RunRequest)
         if body.run_id is not None:
             await _check_unused(state, body.run_id)
+        if body.background and not body.stream:
+            return await _start_background(state, agent, body)
         try:
             stream = agent.arun(
                 body.message,
@@ -99,9 +102,13 @@ def _run_routes(router: APIRouter, state: ServerState) -> None:
                 user_id=body.user_id,
             )
         except ConfigurationError as exc:
-            raise HTTPProblem(400 if "already in use" in str(exc) else 422, str(exc)) from exc
-        if body.stream:
-            return EventStreamResponse(stream, state.relays, state.on_disconnect)
+            raise _refused(exc) from exc
+        if body.stream:  # a background run survives its client: the "continue" policy
+            policy = "continue" if body.background else state.on_disconnect
+            on_gone = functools.partial(client_gone, stream, policy)
+            return EventStreamResponse.of_run(
+                stream, state.relays, keepalive=state.keepalive, on_gone=on_gone
+            )
         return RunOutputResponse(stream, state.relays, state.on_disconnect)
 
     @router.post(
@@ -194,6 +201,31 @@ def _read_routes(router: APIRouter, state: ServerState) -> None:
     async def session_runs(session_id: SessionId) -> list[RunOutput]:
         runs = await _list(state, session_id=session_id)
         return [run for run in runs if run.agent_id in state.agents]
+
+
+async def _start_background(state: ServerState, agent: Agent, body: RunRequest) -> JSONResponse:
+    """Start a run with no consumer (202 at once); the server holds its task until it ends."""
+    try:
+        output = await agent.arun(
+            body.message,
+            background=True,
+            run_id=body.run_id,
+            session_id=body.session_id,
+            user_id=body.user_id,
+        )
+    except ConfigurationError as exc:
+        raise _refused(exc) from exc
+    handle = registry.get(output.run_id)
+    if handle is not None and handle.task is not None:
+        state.relays.hold(handle.task)
+    answer = BackgroundRun(
+        run_id=output.run_id, agent_id=agent.id, session_id=output.session_id, status=output.status
+    )
+    return JSONResponse(answer.model_dump(mode="json"), status_code=202)
+
+
+def _refused(exc: ConfigurationError) -> HTTPProblem:
+    return HTTPProblem(400 if "already in use" in str(exc) else 422, str(exc))
 
 
 async def _cancel_remote(

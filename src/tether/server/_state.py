@@ -1,4 +1,5 @@
-"""What the app's routes share: the agents, the store, the disconnect policy, the relay tasks."""
+"""What the app's routes share: the agents, the store, the disconnect policy, the SSE keep-alive, the
+relay tasks (and background runs' tasks)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class ServerState:
     agents: dict[str, Agent]
     storage: Storage
     on_disconnect: DisconnectPolicy
+    keepalive: float = 15.0
     relays: Relays = field(default_factory=Relays)
 
     def agent(self, agent_id: str) -> Agent:
@@ -26,5 +28,7 @@ class ServerState:
         return agent
 
     @classmethod
-    def of(cls, agents: Sequence[Agent], storage: Storage, on_disconnect: DisconnectPolicy) -> ServerState:
-        return cls({agent.id: agent for agent in agents}, storage, on_disconnect)
+    def of(
+        cls, agents: Sequence[Agent], storage: Storage, on_disconnect: DisconnectPolicy, keepalive: float
+    ) -> ServerState:
+        return cls({agent.id: agent for agent in agents}, storage, on_disconnect, keepalive)
