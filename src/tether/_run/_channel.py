@@ -20,7 +20,7 @@ import math
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._events import BaseRunEvent, RunContentEvent
+from ._events import BaseRunEvent, RunContentEvent, ToolCallCompletedEvent, ToolCallStartedEvent
 
 HIGH = 256
 LOW = 64
@@ -109,13 +109,25 @@ class Channel:
             await self._asked
 
     def drop_unread(self) -> None:
-        """Discard the events the consumer has not taken (the run ends with what it received)."""
+        """Discard the events the consumer has not taken (the run ends with what it received).
+
+        A tool call's completion is kept when the consumer has taken its start: every started call
+        it saw is seen to complete.
+        """
+        kept: list[BaseRunEvent] = []
+        unread_starts: set[str] = set()
         while self.backlog:
             try:
-                self.receive.receive_nowait()
+                event = self.receive.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break
             self.backlog -= 1
+            if type(event) is ToolCallStartedEvent:
+                unread_starts.add(event.tool_call_id)
+            elif type(event) is ToolCallCompletedEvent and event.tool_call_id not in unread_starts:
+                kept.append(event)
+        if kept:
+            self.put_many(kept)
 
     def end(self) -> None:
         """Producer side: nothing more will come; a waiting consumer wakes to read the rest."""
