@@ -175,6 +175,25 @@ async def test_shielded_tool_runs_to_completion_and_its_result_is_recorded(kind:
     assert len(model.calls) == 1, "no model request after the cancel"
 
 
+async def test_a_call_whose_start_was_read_completes_even_if_its_completion_was_unread() -> None:
+    async def work() -> str:
+        await anyio.sleep(0.01)  # returns after its start was read
+        return "found"
+
+    agent = Agent(model=tool_then_answer(), tools=[work])
+    stream = agent.arun("go", stream=True)
+    events = []
+    async for event in stream:
+        events.append(event)
+        if event.event == RunEvent.tool_call_started:
+            await anyio.sleep(0.2)  # the tool has returned; the run waits for this reader to catch up
+            assert agent.cancel_run(stream.run_id, reason="stop") is True
+            await anyio.sleep(0.1)  # the run ends before this reader takes the completion
+    completed = [e for e in events if e.event == RunEvent.tool_call_completed]
+    assert [(e.tool_call_id, e.content, e.error) for e in completed] == [("call_w", "found", None)]  # type: ignore[attr-defined]
+    assert events[-1].event == RunEvent.run_cancelled
+
+
 async def test_repaired_history_is_accepted_by_a_server_that_checks_tool_results(
     loopback_server: LoopbackServer, openai_model: OpenAIChat
 ) -> None:

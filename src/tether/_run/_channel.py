@@ -22,7 +22,7 @@ import math
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._events import BaseRunEvent, RunContentEvent
+from ._events import BaseRunEvent, RunContentEvent, ToolCallCompletedEvent, ToolCallStartedEvent
 from ._log import EventLog
 
 HIGH = 256
@@ -153,13 +153,15 @@ class Channel:
         self.ack()
 
     def settle(self) -> None:
-        """At the run's end, after :meth:`drop_unread`: what the consumer took counts as delivered, the
-        next event follows the last logged one (dropped indexes are given again), and the events of the
-        end (tool calls closed, the terminal event) are logged as they are put, whether or not the
-        consumer takes them."""
+        """At the run's end: drop what the consumer has not taken (:meth:`drop_unread`), count what it
+        took as delivered, give the dropped indexes again, and from now on log what is put as it is put
+        (tool calls closed at the end, the terminal event), whether or not the consumer takes it."""
+        kept = [] if self.detached else self.drop_unread()
         self.ack()
         self.next_index = self.log.next
         self.settled = True
+        if kept:
+            self.put_many(kept)
 
     def close_receiving(self) -> None:
         """The consumer has left: it takes nothing more; a producer waiting for it wakes."""
@@ -186,14 +188,23 @@ class Channel:
             self._asked = asyncio.get_running_loop().create_future()
             await self._asked
 
-    def drop_unread(self) -> None:
-        """Discard the events the consumer has not taken (the run ends with what it received)."""
+    def drop_unread(self) -> list[BaseRunEvent]:
+        """Discard the events the consumer has not taken (the run ends with what it received), but the
+        completions of tool calls whose start it took: those are returned, to be put again, so every
+        started call it saw is seen to complete."""
+        kept: list[BaseRunEvent] = []
+        unread_starts: set[str] = set()
         while self.backlog:
             try:
-                self.receive.receive_nowait()
+                event = self.receive.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break
             self.backlog -= 1
+            if type(event) is ToolCallStartedEvent:
+                unread_starts.add(event.tool_call_id)
+            elif type(event) is ToolCallCompletedEvent and event.tool_call_id not in unread_starts:
+                kept.append(event)
+        return kept
 
     def end(self) -> None:
         """Producer side: nothing more will come; a waiting consumer wakes to read the rest."""

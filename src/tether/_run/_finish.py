@@ -42,11 +42,10 @@ async def finish(state: RunState) -> None:
         failure = handle.life.failure
         if failure is not None and not isinstance(failure, TetherError) and state.escaped is None:
             logger.error("run %s failed", handle.run_id, exc_info=failure)  # (an escaped one is re-raised)
+        channel.settle()  # what the consumer has not taken is dropped
         if not channel.detached:
-            channel.drop_unread()
             keep = min(max(channel.received, state.turn_start), len(state.parts))
             del state.parts[keep:]
-        channel.settle()
         _repair_history(state, status)
         output = state.output = snapshot(state, status, failure)
         terminal = terminal_event(output, channel.next_index)
@@ -65,8 +64,6 @@ async def finish(state: RunState) -> None:
                 error_type="InternalError",
             )
         if not channel.settled:  # the end failed early: still one terminal event, logged too
-            if not channel.detached:
-                channel.drop_unread()
             channel.settle()
         if terminal is None:
             terminal = terminal_event(state.output, channel.next_index)
