@@ -23,7 +23,8 @@ REDIS_URL = os.environ.get("TETHER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 @pytest.fixture
 def redis_url() -> str:
     try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+        with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2) as probe:
+            probe.ping()
     except redis.RedisError as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"Redis at {REDIS_URL} is unreachable in CI: {exc}")
@@ -78,7 +79,9 @@ class ThrowawayRedis:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                # Closed at once: an unclosed client's socket is reported whenever a later GC pass finds it.
+                with redis.Redis(port=self.port, socket_connect_timeout=0.2) as probe:
+                    probe.ping()
                 return self
             except redis.RedisError:
                 time.sleep(0.05)

@@ -71,6 +71,8 @@ async def test_the_remotes_own_cancel_memory_and_zero(
 async def test_no_early_cancel_for_another_agents_live_run(
     attached: RedisCancellation, reader: redis.Redis, prefix: str
 ) -> None:
+    # A live owner (its beat written): otherwise a heartbeat's sweep may remove the entry first.
+    reader.set(f"{prefix}owner:elsewhere", b'{"interval": 30, "ttl": 60}', ex=60)
     reader.hset(f"{prefix}runs", "theirs-1", json.dumps({"owner": "elsewhere", "agent": "theirs"}))
     assert await Agent(name="mine", model=ScriptedModel()).acancel_run("theirs-1") is False
     assert reader.exists(f"{prefix}early:theirs-1") == 0
