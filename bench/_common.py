@@ -9,16 +9,20 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from datetime import date
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+import httpx
 
 from tether.testing import LoopbackServer, RecordedRequest, Reply
 
@@ -145,3 +149,30 @@ class RemoteLoopback:
 
 if __name__ == "__main__":
     _serve(Client(sys.argv[1], family="AF_UNIX"))
+
+
+def serve(
+    folder: Path, target: str, *options: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``tether serve TARGET OPTIONS`` on a free port, run in ``folder`` (the agents' module is there),
+    with a SQLite store in it; the process and its URL once ``/health`` answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "tether", "serve", target, "--port", str(port),
+               "--storage", f"sqlite:///{folder / 'runs.db'}", *options]  # fmt: skip
+    proc = subprocess.Popen(
+        command,
+        cwd=folder,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(400):
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError("tether serve did not start")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import uuid
 from pathlib import Path
 
 import httpx
-from _common import machine, percentiles, save
+from _common import machine, percentiles, save, serve
 
 REDIS = os.environ.get("TETHER_REDIS_URL", "redis://127.0.0.1:6379/0")
 MODULE = """
@@ -31,23 +30,7 @@ slow = Agent(name="Slow", model=ScriptedModel([f"w{i} " for i in range(100000)],
 
 
 def start(folder: Path, prefix: str) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "tether", "serve", "bench_agents:slow", "--port", str(port),
-               "--storage", f"sqlite:///{folder / 'runs.db'}", "--redis-url", REDIS]  # fmt: skip
-    env = {**os.environ, "TETHER_REDIS_PREFIX": prefix}
-    proc = subprocess.Popen(
-        command, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(400):
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError("tether serve did not start")
+    return serve(folder, "bench_agents:slow", "--redis-url", REDIS, env={"TETHER_REDIS_PREFIX": prefix})
 
 
 def trial(streamer: httpx.Client, canceller: httpx.Client) -> float:

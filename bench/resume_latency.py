@@ -13,16 +13,14 @@ PASSES passes with the spread (min-max of the pass medians).
 from __future__ import annotations
 
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from _common import machine, percentiles, save
+from _common import machine, percentiles, save, serve
 
 PASSES = 3
 MODULE = """
@@ -30,23 +28,6 @@ from tether import Agent
 from tether.testing import ScriptedModel
 paced = Agent(name="Paced", model=ScriptedModel([f"w{i} " for i in range(400)], delay=0.005))
 """
-
-
-def start(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "tether", "serve", "bench_agents:paced", "--port", str(port),
-               "--storage", f"sqlite:///{folder / 'runs.db'}"]  # fmt: skip
-    proc = subprocess.Popen(command, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(400):
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError("tether serve did not start")
 
 
 def first_event(client: httpx.Client, method: str, path: str, **request: object) -> tuple[float, int]:
@@ -60,7 +41,8 @@ def first_event(client: httpx.Client, method: str, path: str, **request: object)
 
 
 def trial(client: httpx.Client) -> tuple[float, float]:
-    started = client.post("/agents/paced/runs", data={"message": "go", "background": "true"})
+    form = {"message": "go", "background": "true", "stream": "false"}
+    started = client.post("/agents/paced/runs", data=form)
     run_id = started.json()["run_id"]
     events = f"/agents/paced/runs/{run_id}/events"
     _, seen = first_event(client, "GET", events)  # a client that reads, then its tab reloads
@@ -76,7 +58,7 @@ def trial(client: httpx.Client) -> tuple[float, float]:
 def main(trials: int) -> None:
     folder = Path(tempfile.mkdtemp())
     (folder / "bench_agents.py").write_text(MODULE)
-    proc, url = start(folder)
+    proc, url = serve(folder, "bench_agents:paced")
     passes: list[tuple[list[float], list[float]]] = []
     try:
         with httpx.Client(base_url=url, timeout=30) as client:

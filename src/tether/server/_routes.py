@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from .._agent import Agent
 from .._ids import ID_PATTERN
+from .._options import RunOptions
 from .._run import CancelAnswer, RunHandle, RunOutput, RunStatus, registry
 from .._wire import AgentInfo, BackgroundRun, CancelRequest, CancelResult, RunRequest
 from ..distributed._protocol import RemoteOutcome
@@ -49,6 +50,7 @@ def build(state: ServerState) -> APIRouter:
     router = APIRouter()
     _agent_routes(router, state)
     _run_routes(router, state)
+    _cancel_route(router, state)
     _resume.add_routes(router, state)
     _read_routes(router, state)
     return router
@@ -94,13 +96,7 @@ def _run_routes(router: APIRouter, state: ServerState) -> None:
         if body.background and not body.stream:
             return await _start_background(state, agent, body)
         try:
-            stream = agent.arun(
-                body.message,
-                stream=True,
-                run_id=body.run_id,
-                session_id=body.session_id,
-                user_id=body.user_id,
-            )
+            stream = agent.arun(body.message, stream=True, **_run_options(body))
         except ConfigurationError as exc:
             raise _refused(exc) from exc
         if body.stream:  # a background run survives its client: the "continue" policy
@@ -111,6 +107,8 @@ def _run_routes(router: APIRouter, state: ServerState) -> None:
             )
         return RunOutputResponse(stream, state.relays, state.on_disconnect)
 
+
+def _cancel_route(router: APIRouter, state: ServerState) -> None:
     @router.post(
         "/agents/{agent_id}/runs/{run_id}/cancel",
         tags=["Agents"],
@@ -206,13 +204,7 @@ def _read_routes(router: APIRouter, state: ServerState) -> None:
 async def _start_background(state: ServerState, agent: Agent, body: RunRequest) -> JSONResponse:
     """Start a run with no consumer (202 at once); the server holds its task until it ends."""
     try:
-        output = await agent.arun(
-            body.message,
-            background=True,
-            run_id=body.run_id,
-            session_id=body.session_id,
-            user_id=body.user_id,
-        )
+        output = await agent.arun(body.message, background=True, **_run_options(body))
     except ConfigurationError as exc:
         raise _refused(exc) from exc
     handle = registry.get(output.run_id)
@@ -222,6 +214,10 @@ async def _start_background(state: ServerState, agent: Agent, body: RunRequest) 
         run_id=output.run_id, agent_id=agent.id, session_id=output.session_id, status=output.status
     )
     return JSONResponse(answer.model_dump(mode="json"), status_code=202)
+
+
+def _run_options(body: RunRequest) -> RunOptions:
+    return RunOptions(run_id=body.run_id, session_id=body.session_id, user_id=body.user_id)
 
 
 def _refused(exc: ConfigurationError) -> HTTPProblem:
