@@ -64,6 +64,8 @@ async def _fields(request: Request, *, required: bool) -> dict[str, Any]:
         try:
             form = await request.form()
         except Exception as exc:  # python-multipart's parse errors
+            if _no_parts(request, body):
+                return {}
             raise HTTPProblem(422, f"body is not a valid form: {exc}") from exc
         try:
             return {key: value for key, value in form.items() if isinstance(value, str)}
@@ -72,6 +74,21 @@ async def _fields(request: Request, *, required: bool) -> dict[str, Any]:
     raise HTTPProblem(
         422, "Content-Type must be application/json, application/x-www-form-urlencoded or multipart/form-data"
     )
+
+
+def _no_parts(request: Request, body: bytearray) -> bool:
+    """Whether a multipart body is only its closing delimiter: a form with no fields.
+
+    Browsers send that for a form whose only field is an unchecked checkbox; python-multipart reads
+    it as no fields from 0.0.20 on and refuses it before (its issue #38), so the versions this
+    package allows all answer alike.
+    """
+    _, _, params = request.headers.get("content-type", "").partition(";")
+    for param in params.split(";"):
+        name, _, value = param.strip().partition("=")
+        if name.lower() == "boundary" and value:
+            return bytes(body).strip() == b"--" + value.strip('"').encode("latin-1") + b"--"
+    return False
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
