@@ -339,8 +339,9 @@ async def raw_direct(model_url: str, tally: Tally) -> None:
 
 
 def expect(tally: Tally, last: bytes, start: bytes) -> None:
-    """A stream counts as a run only if it ended as it should (a completed run, the model's [DONE])."""
-    if not last.startswith(start):
+    """A stream counts as a run only if it ended as it should (a completed run, the model's [DONE]);
+    ``start`` begins one of the last frame's lines (tether's frames begin with ``id:``)."""
+    if not any(line.startswith(start) for line in last.split(b"\n")):
         raise RuntimeError(f"a stream ended with {last[:100]!r}, not {start!r}")
     tally.runs += 1
 

@@ -3,6 +3,7 @@ the compact stored form, exact round trips, listings without them, unreadable on
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tether import RunOutput, RunStatus, StorageError
+from tether import Agent, RunOutput, RunStatus, StorageError
 from tether._run._events import (
     RunCancelledEvent,
     RunContentEvent,
@@ -20,8 +21,10 @@ from tether._run._events import (
     ToolCallCompletedEvent,
     ToolCallStartedEvent,
 )
+from tether._run._record import EventRecord
 from tether.storage import PostgresStorage, SqliteStorage, Storage
 from tether.storage._base import SCHEMA_VERSION
+from tether.testing import Reply, ScriptedModel, ScriptedToolCall
 
 from .conftest import POSTGRES_DSN, drop_schema, postgres_schema
 from .test_conformance import finished, output
@@ -123,15 +126,18 @@ async def test_events_are_stored_as_compact_json_text_without_the_fields_of_the_
     events: list[RunOutputEvent] = [
         RunStartedEvent(event_index=0, status=RUNNING, model="m", **common),
         RunContentEvent(event_index=1, status=RUNNING, content="NUL \x00 ✓", **common),
-        RunContentEvent(event_index=2, status=RUNNING, content="x", **{**common, "session_id": "other"}),
+        RunContentEvent(event_index=2, status=RUNNING, content="", **common),
+        RunContentEvent(event_index=3, status=RUNNING, content="x", **{**common, "session_id": "other"}),
+        RunContentEvent(event_index=4, status=RUNNING, content="y", **common),
+        RunContentEvent(event_index=5, status=RUNNING, content="z", **{**common, "created_at": 6}),
+        RunContentEvent(event_index=7, status=RUNNING, content="gap", **{**common, "created_at": 6}),
     ]
     await storage.finish_run(finished("r1", events=events))
     assert await sql(storage, "SELECT events FROM {runs}") == [
         (
             '[{"event":"RunStarted","event_index":0,"created_at":5,"status":"RUNNING","content":null,'
-            '"model":"m"},{"event":"RunContent","event_index":1,"created_at":5,"status":"RUNNING",'
-            '"content":"NUL \\u0000 ✓"},{"event":"RunContent","event_index":2,"session_id":"other",'
-            '"created_at":5,"status":"RUNNING","content":"x"}]',
+            '"model":"m"},[1,5,"NUL \\u0000 ✓",""],{"event":"RunContent","event_index":3,'
+            '"session_id":"other","created_at":5,"status":"RUNNING","content":"x"},[4,5,"y"],[5,6,"z"],[7,6,"gap"]]',
         )
     ]
     read = await storage.get_run("r1")
@@ -188,22 +194,69 @@ async def test_a_lone_surrogate_in_an_event_is_a_storage_error_and_nothing_is_wr
     assert await storage.get_run("r1") == output("r1")
 
 
+async def test_a_run_stores_what_its_consumer_received_contents_as_arrays(storage: Storage) -> None:
+    """A run of this process: ``output.events`` (an EventRecord, no object per chunk) equals what the
+    consumer received, is stored with its RunContent events as arrays, and reads back equal."""
+
+    def lookup(city: str) -> str:
+        """Look a city up."""
+        return f"sunny in {city}"
+
+    model = ScriptedModel(
+        turns=[
+            Reply(chunks=["Let ", "me ", "look."], tool_calls=[ScriptedToolCall("lookup", '{"city": "X"}')]),
+            Reply(chunks=["It ", "is ", TRICKY]),
+        ]
+    )
+    agent = Agent(name="Rec", model=model, tools=[lookup], storage=storage)
+    stream = agent.arun("weather?", stream=True, run_id="rec-1", session_id="s-rec")
+    received = [event async for event in stream]
+    assert stream.output is not None and isinstance(stream.output.events, EventRecord)
+    assert [type(e) for e in stream.output.events] == [type(e) for e in received]
+    assert stream.output.events == received and received == stream.output.events
+    assert len(stream.output.events) == 10 and stream.output.events[1:3] == received[1:3]
+    [(text,)] = await sql(storage, "SELECT events FROM {runs}")
+    stored = json.loads(text)
+    runs = [item for item in stored if isinstance(item, list)]
+    assert [item["event"] for item in stored if isinstance(item, dict)] == [
+        "RunStarted", "ToolCallStarted", "ToolCallCompleted", "RunCompleted"
+    ]  # fmt: skip
+    assert [text for run in runs for text in run[2:]] == ["Let ", "me ", "look.", "It ", "is ", TRICKY]
+    for first, second, *texts in runs:  # consecutive texts of one second
+        assert [(e.event_index, e.created_at) for e in received if e.content in texts] == [
+            (first + offset, second) for offset in range(len(texts))
+        ]
+    read = await storage.get_run("rec-1")
+    assert read is not None and read.events == received
+
+
 # -- unreadable stored events: the run stays readable ----------------------------------------------
 
+NEITHER = "is neither an event object nor [event_index, created_at, content, ...]: "
 GARBAGE = [
     ("not json", "Expecting value: line 1 column 1 (char 0)"),
-    ('{"event": "RunStarted"}', """not a JSON list of objects: '{"event": "RunStarted"}'"""),
-    ("[1, 2]", "not a JSON list of objects: '[1, 2]'"),
-    ('[{"event": "RunContent"}]', "1 validation error(s), the first at 0.RunContent.status: Field required"),
+    ('{"event": "RunStarted"}', """not a JSON list: '{"event": "RunStarted"}'"""),
+    ("[1, 2]", f"item 0 {NEITHER}1"),
     (
-        '[{"event": "RunContent", "status": "RUNNING", "bogus": 1}]',
-        "1 validation error(s), the first at 0.RunContent.bogus: Extra inputs are not permitted",
+        '[{"event": "RunContent"}]',
+        "event 0: 1 validation error(s), the first at RunContent.status: Field required",
     ),
+    (
+        '[[1, 5, "a"], {"event": "RunContent", "status": "RUNNING", "bogus": 1}]',
+        "event 1: 1 validation error(s), the first at RunContent.bogus: Extra inputs are not permitted",
+    ),
+    ("[[1, 5]]", f"item 0 {NEITHER}[1, 5]"),
+    ('[[1, 5, "a", 2]]', f"item 0 {NEITHER}[1, 5, 'a', 2]"),
+    ('[[true, 5, "a"]]', f"item 0 {NEITHER}[True, 5, 'a']"),
+    ('[[1, 5.5, "a"]]', f"item 0 {NEITHER}[1, 5.5, 'a']"),
+    ("[[1, 5, null]]", f"item 0 {NEITHER}[1, 5, None]"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("text", "reason"), GARBAGE, ids=["bad-json", "object", "numbers", "missing", "extra"]
+    ("text", "reason"),
+    GARBAGE,
+    ids=["bad-json", "object", "numbers", "missing", "extra", "short", "long", "bool", "float", "null"],
 )
 async def test_unreadable_events_are_none_with_a_warning_naming_the_run(
     storage: Storage, caplog: pytest.LogCaptureFixture, text: str, reason: str

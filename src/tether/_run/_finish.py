@@ -50,7 +50,7 @@ async def finish(state: RunState) -> None:
         output = state.output = snapshot(state, status, failure)
         terminal = terminal_event(output, channel.next_index)
         if state.spec.storage is not None and not state.refused:  # stored with it, for late readers
-            output.__dict__["events"] = [*channel.log.replay(), terminal]
+            output.__dict__["events"] = channel.log.record(terminal)
         await persist(state)
     finally:
         registry.unregister(handle)

@@ -96,7 +96,7 @@ class Lifecycle:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
         self._grace: float | None = None
-        self._timers: list[asyncio.TimerHandle] = []
+        self._timers: list[asyncio.TimerHandle] | None = None  # made when needed: most runs have none
         self._done: anyio.Event | None = None
         self.escalate_to: Callable[[], object] | None = None  # what an expired grace does (the handle's)
 
@@ -186,7 +186,7 @@ class Lifecycle:
                 self.status = RunStatus.completed
             self.phase = Phase.ENDING
             self._scope = None
-            timers, self._timers = self._timers, []
+            timers, self._timers = self._timers or [], None
         for timer in timers:
             timer.cancel()
         return self.status
@@ -200,6 +200,7 @@ class Lifecycle:
                 self.reason, self.source = None, source
             self.level = CancelLevel.IMMEDIATE
             self.phase, self.status = Phase.ENDED, RunStatus.cancelled
+        self.escalate_to = None  # (the handle's method: no cycle left for the GC to find)
         if self._done is not None:
             self._done.set()
         return True
@@ -207,6 +208,7 @@ class Lifecycle:
     def end(self) -> None:
         """ENDING → ENDED: the terminal event is out."""
         self.phase = Phase.ENDED
+        self.escalate_to = None  # (the handle's method: no cycle left for the GC to find)
         if self._done is not None:
             self._done.set()
 
@@ -235,7 +237,7 @@ class Lifecycle:
 
     def _arm(self, delay: float, callback: Callable[[], object]) -> None:
         if self._loop is not None and self.phase is Phase.RUNNING:
-            self._timers.append(self._loop.call_later(delay, callback))
+            self._timers = [*(self._timers or ()), self._loop.call_later(delay, callback)]
 
 
 def check_mode(mode: str, grace: float | None) -> None:

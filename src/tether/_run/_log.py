@@ -7,8 +7,8 @@ for a reader that takes batches (the sync API, the server's SSE relay) when it a
 so a reader of the log never sees text that the run then drops. A run without a consumer (a background
 run) logs each event as it is put.
 
-Kept compactly, since every live run has a log: a ``RunContent`` as its text and second (the text is
-the very string the run keeps for its answer anyway; 24 bytes per chunk in all), other events as they
+Kept compactly, since every live run has a log: the ``RunContent`` events as :class:`TextRuns` (a
+list slot per chunk beside its text, which the run keeps for its answer anyway), other events as they
 are. Readers get ``RunContent`` events rebuilt from that. Events older than the last ``capacity`` are
 not served one by one: a reader that asks for them gets one catch-up ``RunContent`` holding all the
 text it missed, so the text it reads still adds up to the run's content.
@@ -19,22 +19,23 @@ Everything here runs on the run's event loop; a reader on another loop hops ther
 from __future__ import annotations
 
 import asyncio
-import bisect
-from array import array
 from typing import Any
 
-from ._events import BaseRunEvent, RunContentEvent, RunEvent, RunStatus, construct
+from ._events import BaseRunEvent, RunContentEvent
+from ._record import EventRecord, TextRuns, content_event, merged
 
+COMMON = ("run_id", "agent_id", "agent_name", "session_id")
+"""The fields every event of a run shares."""
 DEFAULT_CAPACITY = 1000
 """Events an EventLog serves one by one (older ones: a catch-up text for late readers)."""
 
 
 class EventLog:
     __slots__ = (
-        "_at",
-        "_common",
+        "_first",
+        "_in_run",
         "_others",
-        "_seconds",
+        "_second",
         "_texts",
         "_waiters",
         "capacity",
@@ -46,12 +47,12 @@ class EventLog:
         self.capacity = capacity
         self.next = 0  # the index the next logged event has
         self.ended = False  # the terminal event is logged
-        self._at = array("q")  # the index of every RunContent logged, in order
-        self._texts: list[str] = []  # ... its text
-        self._seconds = array("q")  # ... and its created_at
-        self._others: dict[int, BaseRunEvent] = {}  # the other events, by index (the old ones let go)
-        self._common: dict[str, Any] | None = None  # the fields every event of the run shares
-        self._waiters: list[asyncio.Future[None]] = []
+        self._texts = TextRuns()  # the RunContent events
+        self._in_run = False  # the last event logged was a RunContent ...
+        self._second = 0  # ... of this second: the next one of the same second continues its run
+        self._others: list[BaseRunEvent] = []  # the other events, in order (the old ones let go)
+        self._first: BaseRunEvent | None = None  # the first event: its fields are every event's
+        self._waiters: list[asyncio.Future[None]] | None = None
 
     @property
     def first(self) -> int:
@@ -64,20 +65,24 @@ class EventLog:
         if index != self.next or self.ended:
             return
         self.next = index + 1
-        if self._common is None:
-            self._common = _common(event)
-        if type(event) is RunContentEvent:
-            self._at.append(index)
-            self._texts.append(event.content or "")
-            self._seconds.append(event.created_at)
+        if type(event) is RunContentEvent:  # the hot path: TextRuns' append, inlined
+            texts = self._texts
+            second = event.created_at
+            if not self._in_run or second != self._second:
+                texts.runs.extend((index, second, len(texts.texts)))
+                self._in_run, self._second = True, second
+            texts.texts.append(event.content or "")
         else:
-            self._others[index] = event
+            self._in_run = False
+            if self._first is None:
+                self._first = event
+            self._others.append(event)
             self.ended = event.is_terminal
             if len(self._others) > self.capacity:  # the oldest ones are older than ``first``
-                for old in [i for i in self._others if i < self.first]:
-                    del self._others[old]
+                first = self.first
+                self._others = [other for other in self._others if other.event_index >= first]
         if self._waiters:
-            waiters, self._waiters = self._waiters, []
+            waiters, self._waiters = self._waiters, None
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -88,12 +93,14 @@ class EventLog:
         start = 0 if index is None else index + 1
         first = self.first
         found: list[BaseRunEvent] = []
+        texts = self._texts
         if start < first:
-            lo, hi = bisect.bisect_left(self._at, start), bisect.bisect_left(self._at, first)
+            lo, hi = texts.count_before(start), texts.count_before(first)
             if hi > lo:
-                found.append(self._content("".join(self._texts[lo:hi]), first - 1, self._seconds[hi - 1]))
+                caught_up = "".join(texts.texts[lo:hi])
+                found.append(content_event(self._shared(), first - 1, texts.second_of(hi - 1), caught_up))
             start = first
-        found.extend(self._between(start, self.next))
+        found.extend(merged(self._shared(), texts, self._others, start, self.next))
         return found
 
     async def wait_after(self, index: int | None) -> list[BaseRunEvent]:
@@ -101,42 +108,18 @@ class EventLog:
         start = 0 if index is None else index + 1
         while self.next <= start and not self.ended:
             waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
+            self._waiters = [*(self._waiters or ()), waiter]
             await waiter
         return self.after(index)
 
-    def replay(self) -> list[BaseRunEvent]:
-        """Every event for storage: each text as its own RunContent, the other events still kept."""
-        return list(self._between(0, self.next))
+    def record(self, terminal: BaseRunEvent) -> EventRecord:
+        """Every event so far, then ``terminal`` (not logged yet), for ``RunOutput.events`` and storage:
+        each text as its own RunContent, the other events still kept. Called once the run's end is
+        decided, when no more text is logged."""
+        others = [event for event in self._others if event.event_index < terminal.event_index]
+        return EventRecord(self._texts, [*others, terminal], self._shared(terminal))
 
-    def _between(self, start: int, stop: int) -> list[BaseRunEvent]:
-        found: list[BaseRunEvent] = []
-        at, others = self._at, self._others
-        position = bisect.bisect_left(at, start)
-        for index in range(start, stop):
-            if position < len(at) and at[position] == index:
-                found.append(self._content(self._texts[position], index, self._seconds[position]))
-                position += 1
-            elif (event := others.get(index)) is not None:
-                found.append(event)
-        return found
-
-    def _content(self, text: str, index: int, second: int) -> BaseRunEvent:
-        fields: dict[str, Any] = {
-            "event": RunEvent.run_content,
-            "event_index": index,
-            **(self._common or {}),  # set by the first event: a RunContent is never the first
-            "created_at": second,
-            "status": RunStatus.running,
-            "content": text,
-        }
-        return construct(RunContentEvent, fields)
-
-
-def _common(event: BaseRunEvent) -> dict[str, Any]:
-    return {
-        "run_id": event.run_id,
-        "agent_id": event.agent_id,
-        "agent_name": event.agent_name,
-        "session_id": event.session_id,
-    }
+    def _shared(self, fallback: BaseRunEvent | None = None) -> dict[str, Any]:
+        """The fields every event of the run shares, from its first event (a RunContent never is)."""
+        first = self._first or fallback
+        return {} if first is None else {name: getattr(first, name) for name in COMMON}

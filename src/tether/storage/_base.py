@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from .._messages import Message
-from .._run._events import RunOutputEvent, RunStatus
+from .._run._events import BaseRunEvent, RunContentEvent, RunEvent, RunOutputEvent, RunStatus, construct
 from .._run._output import RunMetrics, RunOutput
+from .._run._record import EventRecord
 from .._run._store import Storage, owner_id
 from ..exceptions import StorageError
 
@@ -59,16 +61,19 @@ LISTED_COLUMNS = ", ".join("NULL AS events" if column == "events" else column fo
 
 EVENT_SHARED = ("run_id", "agent_id", "agent_name", "session_id")
 """Fields a run's events share with its row: left out of the stored events, restored when read."""
-_EVENTS: TypeAdapter[list[RunOutputEvent]] = TypeAdapter(list[RunOutputEvent])
+_EVENT: TypeAdapter[RunOutputEvent] = TypeAdapter(RunOutputEvent)
 
 
 def to_row(output: RunOutput) -> dict[str, Any]:
     """A RunOutput as column values; ``messages``, ``metrics`` and ``events`` as JSON text.
 
-    ``events`` is NULL when ``output.events`` is None, else a compact JSON list: each event's
-    ``model_dump(mode="json")`` without the fields it shares with the row (``EVENT_SHARED``; one
-    that differs from the row's value is kept), written with ``ensure_ascii=False`` (JSON escapes
-    NUL and the other control characters, so the text never holds a raw NUL).
+    ``events`` is NULL when ``output.events`` is None, else a compact JSON list in ``event_index``
+    order. RunContent events that share the row's fields (``EVENT_SHARED``) go in runs: consecutive
+    ones of the same second as one array ``[first_event_index, created_at, content, content, ...]``
+    (a few bytes per chunk besides its text); any other event as its ``model_dump(mode="json")``
+    without the fields it shares with the row (one that differs from the row's value is kept).
+    Written with ``ensure_ascii=False`` (JSON escapes NUL and the other control characters, so the
+    text never holds a raw NUL).
 
     Raises StorageError, before anything is written, if a text holds a lone surrogate (not valid
     Unicode: UTF-8 cannot encode it, so no backend can store it).
@@ -137,16 +142,53 @@ def from_row(row: Any) -> RunOutput:
     )
 
 
-def _events_text(output: RunOutput, events: list[RunOutputEvent]) -> str:
+def _events_text(output: RunOutput, events: Sequence[RunOutputEvent]) -> str:
     shared = {name: getattr(output, name) for name in EVENT_SHARED}
-    compact = []
-    for event in events:
-        dumped = event.model_dump(mode="json")
-        for name, value in shared.items():
-            if dumped[name] == value:
-                del dumped[name]
-        compact.append(dumped)
-    return json.dumps(compact, ensure_ascii=False, separators=(",", ":"))
+    items: list[Any] = []
+    if isinstance(events, EventRecord) and events.common == shared:
+        # A run of this process: its texts are stored as they were kept, with no object per chunk.
+        others = iter(events.others)
+        other = next(others, None)
+        for first, second, texts in events.runs():
+            while other is not None and other.event_index < first:
+                items.append(_compact(other, shared))
+                other = next(others, None)
+            items.append([first, second, *texts])
+        if other is not None:
+            items.append(_compact(other, shared))
+        items.extend(_compact(event, shared) for event in others)
+    else:
+        for event in events:
+            item = _compact(event, shared)
+            last = items[-1] if items else None
+            if (
+                type(item) is list
+                and type(last) is list
+                and last[1] == item[1]
+                and last[0] + len(last) - 2 == item[0]
+            ):
+                last.append(item[2])  # the next text of the same run
+            else:
+                items.append(item)
+    return json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+
+
+def _compact(event: BaseRunEvent, shared: dict[str, Any]) -> Any:
+    """One event's stored form: ``[event_index, created_at, content]`` for a RunContent that shares
+    every field with its row (a run of one), else its JSON object without the fields it shares with
+    the row."""
+    if (
+        type(event) is RunContentEvent
+        and event.status is RunStatus.running
+        and type(event.content) is str
+        and all(getattr(event, name) == value for name, value in shared.items())
+    ):
+        return [event.event_index, event.created_at, event.content]
+    dumped = event.model_dump(mode="json")
+    for name, value in shared.items():
+        if dumped[name] == value:
+            del dumped[name]
+    return dumped
 
 
 def _events_from(row: Any) -> list[RunOutputEvent] | None:
@@ -158,13 +200,37 @@ def _events_from(row: Any) -> list[RunOutputEvent] | None:
     shared = {name: row[name] for name in EVENT_SHARED}
     try:
         items = json.loads(text)
-        if not (isinstance(items, list) and all(isinstance(item, dict) for item in items)):
-            raise ValueError(f"not a JSON list of objects: {text[:40]!r}")
-        return _EVENTS.validate_python([{**shared, **item} for item in items])
+        if not isinstance(items, list):
+            raise ValueError(f"not a JSON list: {text[:40]!r}")
+        return [event for position, item in enumerate(items) for event in _events_of(position, item, shared)]
     # JSONDecodeError and pydantic's ValidationError are ValueErrors; very deep JSON is a RecursionError.
     except (ValueError, RecursionError) as exc:
         logger.warning("run %r: its stored events are unreadable, read as None: %s", row["run_id"], _why(exc))
         return None
+
+
+def _events_of(position: int, item: Any, shared: dict[str, Any]) -> list[RunOutputEvent]:
+    """The events of one stored item: an event object, or a run of texts (see :func:`to_row`)."""
+    if isinstance(item, dict):
+        try:
+            return [_EVENT.validate_python({**shared, **item})]
+        except ValidationError as exc:
+            raise ValueError(f"event {position}: {_why(exc)}") from exc
+    if (
+        isinstance(item, list)
+        and len(item) > 2
+        and type(item[0]) is int
+        and type(item[1]) is int
+        and all(type(text) is str for text in item[2:])
+    ):
+        first, second = item[0], item[1]
+        common = {"event": RunEvent.run_content, **shared, "created_at": second, "status": RunStatus.running}
+        return [  # every field checked above
+            construct(RunContentEvent, {**common, "event_index": first + offset, "content": text})
+            for offset, text in enumerate(item[2:])
+        ]
+    shape = "[event_index, created_at, content, ...]"
+    raise ValueError(f"item {position} is neither an event object nor {shape}: {item!r:.60}")
 
 
 def _why(exc: Exception) -> str:
