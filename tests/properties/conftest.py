@@ -32,13 +32,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         )
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    _stats.started = time.monotonic()
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    # (A conftest below the root is loaded after the session has started: no pytest_sessionstart here.)
+    started = time.monotonic()
+    yield
+    _stats.seconds += time.monotonic() - started
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _stats.runs:
-        elapsed = time.monotonic() - _stats.started
+        elapsed = max(_stats.seconds, 1e-9)
         terminalreporter.write_line(
             f"tether properties: {_stats.runs} runs in {elapsed:.1f} s ({_stats.runs / elapsed:.0f} runs/s)"
         )
