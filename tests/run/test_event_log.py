@@ -18,6 +18,7 @@ from tether._run._events import (
     ToolCallStartedEvent,
 )
 from tether._run._log import EventLog
+from tether._run._output import RunOutput
 
 COMMON: dict[str, Any] = {"run_id": "r", "agent_id": "a", "agent_name": "A", "session_id": "s"}
 RUNNING = RunStatus.running
@@ -93,3 +94,21 @@ def test_texts_of_one_second_between_other_events_form_runs() -> None:
         log.add(event)
     terminal = RunCompletedEvent(event_index=7, status=RunStatus.completed, created_at=9, **COMMON)
     assert list(log.record(terminal).runs()) == [(1, 5, ["a", "b"]), (4, 5, ["c"]), (5, 6, ["d", ""])]
+
+
+def test_a_run_output_validated_with_a_record_holds_its_events_as_a_list() -> None:
+    """Pydantic rebuilds a Sequence of another type than list or tuple as ``type(value)(items)``: an
+    EventRecord given to ``RunOutput(...)`` or ``model_validate`` raised a TypeError."""
+    events = events_of([(5, "a"), (5, "b"), None, (6, "c")])
+    log = EventLog()
+    for event in events:
+        log.add(event)
+    terminal = RunCompletedEvent(event_index=5, status=RunStatus.completed, created_at=9, **COMMON)
+    record = log.record(terminal)
+    output = RunOutput(run_id="r", agent_id="a", status=RunStatus.completed, content="abc")
+    output.__dict__["events"] = record  # as the run's end sets it
+    for copy in (
+        RunOutput(**output.__dict__),
+        RunOutput.model_validate({**output.model_dump(), "events": record}),
+    ):
+        assert type(copy.events) is list and copy.events == [*events, terminal] and copy == output
