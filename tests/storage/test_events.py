@@ -276,13 +276,29 @@ GARBAGE = [
     ('[[true, 5, "a"]]', f"item 0 {NEITHER}[True, 5, 'a']"),
     ('[[1, 5.5, "a"]]', f"item 0 {NEITHER}[1, 5.5, 'a']"),
     ("[[1, 5, null]]", f"item 0 {NEITHER}[1, 5, None]"),
+    (
+        '[{"event": "RunContent", "event_index": true, "created_at": 5, "status": "RUNNING"}]',
+        "event 0: 1 validation error(s), the first at RunContent.event_index: "
+        "Input should be a valid integer",
+    ),
+    (
+        '[{"event": "RunContent", "event_index": 1, "created_at": "5", "status": "RUNNING"}]',
+        "event 0: 1 validation error(s), the first at RunContent.created_at: Input should be a valid integer",
+    ),
+    (
+        '[{"event": "RunCompleted", "event_index": 1, "status": "COMPLETED", "content": "x"}]',
+        "event 0: created_at is missing",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     ("text", "reason"),
     GARBAGE,
-    ids=["bad-json", "object", "numbers", "missing", "extra", "short", "long", "bool", "float", "null"],
+    ids=[
+        *["bad-json", "object", "numbers", "missing", "extra", "short", "long", "bool", "float", "null"],
+        *["object-bool", "object-string", "object-default"],  # read as they are, not coerced nor defaulted
+    ],
 )
 async def test_unreadable_events_are_none_with_a_warning_naming_the_run(
     storage: Storage, caplog: pytest.LogCaptureFixture, text: str, reason: str
