@@ -1,6 +1,6 @@
 """EventLog and EventRecord (property-based): whatever the events and their seconds, a reader after any
 index gets exactly the events after it (older than the buffer: one catch-up text first), and a run's
-record holds every text it logged and the other events still kept, then its terminal event."""
+record holds every event it logged (whatever the buffer's capacity), then its terminal event."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tether._run._events import (
     ToolCallStartedEvent,
 )
 from tether._run._log import EventLog
+from tether._run._output import RunOutput
 
 COMMON: dict[str, Any] = {"run_id": "r", "agent_id": "a", "agent_name": "A", "session_id": "s"}
 RUNNING = RunStatus.running
@@ -79,14 +80,9 @@ def test_a_reader_after_any_index_gets_exactly_the_rest(
     )
     contents = [e for e in events if type(e) is RunContentEvent]
     assert shape([e for e in record if type(e) is RunContentEvent]) == shape(contents)
-    others = [e for e in record[:-1] if type(e) is not RunContentEvent]  # the old ones may be let go
-    assert all(e in events for e in others)
-    recent = [e for e in events if type(e) is not RunContentEvent and e.event_index >= first]
-    assert others[len(others) - len(recent) :] == recent, "every other event the buffer still holds"
-    assert len(record) == len(contents) + len(others) + 1 and record == [
-        *sorted([*contents, *others], key=lambda e: e.event_index),
-        terminal,
-    ]
+    others = [e for e in record[:-1] if type(e) is not RunContentEvent]
+    assert others == [e for e in events if type(e) is not RunContentEvent], "however small the buffer"
+    assert len(record) == len(events) + 1 and record == [*events, terminal]
     texts = [text for _, _, run in record.runs() for text in run]
     assert texts == [e.content for e in events if type(e) is RunContentEvent]
 
@@ -98,3 +94,21 @@ def test_texts_of_one_second_between_other_events_form_runs() -> None:
         log.add(event)
     terminal = RunCompletedEvent(event_index=7, status=RunStatus.completed, created_at=9, **COMMON)
     assert list(log.record(terminal).runs()) == [(1, 5, ["a", "b"]), (4, 5, ["c"]), (5, 6, ["d", ""])]
+
+
+def test_a_run_output_validated_with_a_record_holds_its_events_as_a_list() -> None:
+    """Pydantic rebuilds a Sequence of another type than list or tuple as ``type(value)(items)``: an
+    EventRecord given to ``RunOutput(...)`` or ``model_validate`` raised a TypeError."""
+    events = events_of([(5, "a"), (5, "b"), None, (6, "c")])
+    log = EventLog()
+    for event in events:
+        log.add(event)
+    terminal = RunCompletedEvent(event_index=5, status=RunStatus.completed, created_at=9, **COMMON)
+    record = log.record(terminal)
+    output = RunOutput(run_id="r", agent_id="a", status=RunStatus.completed, content="abc")
+    output.__dict__["events"] = record  # as the run's end sets it
+    for copy in (
+        RunOutput(**output.__dict__),
+        RunOutput.model_validate({**output.model_dump(), "events": record}),
+    ):
+        assert type(copy.events) is list and copy.events == [*events, terminal] and copy == output

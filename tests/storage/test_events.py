@@ -230,6 +230,32 @@ async def test_a_run_stores_what_its_consumer_received_contents_as_arrays(storag
     assert read is not None and read.events == received
 
 
+async def test_a_buffer_smaller_than_the_run_still_stores_and_replays_every_event(storage: Storage) -> None:
+    """``event_buffer`` bounds what a live run serves one by one, not what it stores: with a buffer of
+    one event, ``output.events``, the stored events and a replay after the end are still every event
+    its consumer received (RunStarted and the tool calls included)."""
+
+    def lookup(city: str) -> str:
+        """Look a city up."""
+        return f"sunny in {city}"
+
+    model = ScriptedModel(
+        turns=[
+            Reply(chunks=["Let ", "me ", "look."], tool_calls=[ScriptedToolCall("lookup", '{"city": "X"}')]),
+            Reply(chunks=["It ", "is ", "sunny."]),
+        ]
+    )
+    agent = Agent(name="Tiny", model=model, tools=[lookup], storage=storage, event_buffer=1)
+    stream = agent.arun("weather?", stream=True, run_id="tiny-1")
+    received = [event async for event in stream]
+    assert [e.event_index for e in received] == list(range(10))
+    assert stream.output is not None and stream.output.events == received
+    read = await storage.get_run("tiny-1")
+    assert read is not None and read.events == received
+    assert [event async for event in agent.aattach("tiny-1")] == received
+    assert [event async for event in agent.aattach("tiny-1", after=3)] == received[4:]
+
+
 # -- unreadable stored events: the run stays readable ----------------------------------------------
 
 NEITHER = "is neither an event object nor [event_index, created_at, content, ...]: "
@@ -250,13 +276,29 @@ GARBAGE = [
     ('[[true, 5, "a"]]', f"item 0 {NEITHER}[True, 5, 'a']"),
     ('[[1, 5.5, "a"]]', f"item 0 {NEITHER}[1, 5.5, 'a']"),
     ("[[1, 5, null]]", f"item 0 {NEITHER}[1, 5, None]"),
+    (
+        '[{"event": "RunContent", "event_index": true, "created_at": 5, "status": "RUNNING"}]',
+        "event 0: 1 validation error(s), the first at RunContent.event_index: "
+        "Input should be a valid integer",
+    ),
+    (
+        '[{"event": "RunContent", "event_index": 1, "created_at": "5", "status": "RUNNING"}]',
+        "event 0: 1 validation error(s), the first at RunContent.created_at: Input should be a valid integer",
+    ),
+    (
+        '[{"event": "RunCompleted", "event_index": 1, "status": "COMPLETED", "content": "x"}]',
+        "event 0: created_at is missing",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     ("text", "reason"),
     GARBAGE,
-    ids=["bad-json", "object", "numbers", "missing", "extra", "short", "long", "bool", "float", "null"],
+    ids=[
+        *["bad-json", "object", "numbers", "missing", "extra", "short", "long", "bool", "float", "null"],
+        *["object-bool", "object-string", "object-default"],  # read as they are, not coerced nor defaulted
+    ],
 )
 async def test_unreadable_events_are_none_with_a_warning_naming_the_run(
     storage: Storage, caplog: pytest.LogCaptureFixture, text: str, reason: str

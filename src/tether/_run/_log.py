@@ -9,9 +9,10 @@ run) logs each event as it is put.
 
 Kept compactly, since every live run has a log: the ``RunContent`` events as :class:`TextRuns` (a
 list slot per chunk beside its text, which the run keeps for its answer anyway), other events as they
-are. Readers get ``RunContent`` events rebuilt from that. Events older than the last ``capacity`` are
-not served one by one: a reader that asks for them gets one catch-up ``RunContent`` holding all the
-text it missed, so the text it reads still adds up to the run's content.
+are, all of them whatever ``capacity`` is (a run's record, :meth:`EventLog.record`, is every event its
+consumer received). Readers get ``RunContent`` events rebuilt from that. Events older than the last
+``capacity`` are not served one by one: a reader that asks for them gets one catch-up ``RunContent``
+holding all the text it missed, so the text it reads still adds up to the run's content.
 
 Everything here runs on the run's event loop; a reader on another loop hops there (``_reader``).
 """
@@ -50,7 +51,7 @@ class EventLog:
         self._texts = TextRuns()  # the RunContent events
         self._in_run = False  # the last event logged was a RunContent ...
         self._second = 0  # ... of this second: the next one of the same second continues its run
-        self._others: list[BaseRunEvent] = []  # the other events, in order (the old ones let go)
+        self._others: list[BaseRunEvent] = []  # the other events, in order (all: the record needs them)
         self._first: BaseRunEvent | None = None  # the first event: its fields are every event's
         self._waiters: list[asyncio.Future[None]] | None = None
 
@@ -78,9 +79,6 @@ class EventLog:
                 self._first = event
             self._others.append(event)
             self.ended = event.is_terminal
-            if len(self._others) > self.capacity:  # the oldest ones are older than ``first``
-                first = self.first
-                self._others = [other for other in self._others if other.event_index >= first]
         if self._waiters:
             waiters, self._waiters = self._waiters, None
             for waiter in waiters:
@@ -114,7 +112,7 @@ class EventLog:
 
     def record(self, terminal: BaseRunEvent) -> EventRecord:
         """Every event so far, then ``terminal`` (not logged yet), for ``RunOutput.events`` and storage:
-        each text as its own RunContent, the other events still kept. Called once the run's end is
+        each text as its own RunContent, every other event. Called once the run's end is
         decided, when no more text is logged."""
         others = [event for event in self._others if event.event_index < terminal.event_index]
         return EventRecord(self._texts, [*others, terminal], self._shared(terminal))

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from .._messages import Message
 from ._events import CancelSource, RunOutputEvent, RunStatus
+from ._record import EventRecord
+
+
+def _listed(events: Any) -> Any:
+    """An EventRecord as a list: pydantic rebuilds a sequence of another type than list or tuple as
+    ``type(events)(items)``, which an EventRecord is not built from."""
+    return list(events) if isinstance(events, EventRecord) else events
 
 
 class RunMetrics(BaseModel):
@@ -44,7 +52,10 @@ class RunOutput(BaseModel):
     error_type: str | None = None
     metrics: RunMetrics = Field(default_factory=RunMetrics)
     created_at: int = Field(default_factory=lambda: int(time.time()))
-    events: Sequence[RunOutputEvent] | None = Field(default=None, exclude=True, repr=False)
+    events: Annotated[Sequence[RunOutputEvent] | None, BeforeValidator(_listed)] = Field(
+        default=None, exclude=True, repr=False
+    )
     """The run's events as its consumer received them, in ``event_index`` order (set once it has ended,
     when the agent has storage, and stored with it), for readers that attach after the end. A sequence
-    (a list when read from storage). Left out of ``model_dump``/JSON: too big for every answer."""
+    (a list when read from storage or validated). Left out of ``model_dump``/JSON: too big for every
+    answer."""

@@ -11,6 +11,11 @@ from pydantic import BaseModel, ValidationError
 from .._wire import MAX_BODY_BYTES
 from ._errors import HTTPProblem, describe_errors
 
+try:  # what Starlette's form parser reads the header with (it tries the two in this order too)
+    from python_multipart.multipart import parse_options_header
+except ModuleNotFoundError:  # python-multipart before 0.0.13  # pragma: no cover
+    from multipart.multipart import parse_options_header  # type: ignore[no-redef,import-untyped,unused-ignore]
+
 M = TypeVar("M", bound=BaseModel)
 FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
 
@@ -77,18 +82,18 @@ async def _fields(request: Request, *, required: bool) -> dict[str, Any]:
 
 
 def _no_parts(request: Request, body: bytearray) -> bool:
-    """Whether a multipart body is only its closing delimiter: a form with no fields.
+    """Whether a multipart body is only its closing delimiter (an epilogue may follow): no fields.
 
     Browsers send that for a form whose only field is an unchecked checkbox; python-multipart reads
     it as no fields from 0.0.20 on and refuses it before (its issue #38), so the versions this
-    package allows all answer alike.
+    package allows all answer alike. The boundary is read as the form parser reads it (the last
+    ``boundary`` parameter; quotes only around the whole value).
     """
-    _, _, params = request.headers.get("content-type", "").partition(";")
-    for param in params.split(";"):
-        name, _, value = param.strip().partition("=")
-        if name.lower() == "boundary" and value:
-            return bytes(body).strip() == b"--" + value.strip('"').encode("latin-1") + b"--"
-    return False
+    _, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if not boundary:
+        return False
+    return bytes(body).lstrip(b" \t\r\n").startswith(b"--" + boundary + b"--")
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

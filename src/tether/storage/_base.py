@@ -212,10 +212,14 @@ def _events_from(row: Any) -> list[RunOutputEvent] | None:
 def _events_of(position: int, item: Any, shared: dict[str, Any]) -> list[RunOutputEvent]:
     """The events of one stored item: an event object, or a run of texts (see :func:`to_row`)."""
     if isinstance(item, dict):
-        try:
-            return [_EVENT.validate_python({**shared, **item})]
+        try:  # strict, as JSON: a bool or a string is no index, and no field is left to its default
+            event = _EVENT.validate_json(json.dumps({**shared, **item}), strict=True)
         except ValidationError as exc:
             raise ValueError(f"event {position}: {_why(exc)}") from exc
+        missing = sorted(type(event).model_fields.keys() - event.model_fields_set)
+        if missing:
+            raise ValueError(f"event {position}: {', '.join(missing)} is missing")
+        return [event]
     if (
         isinstance(item, list)
         and len(item) > 2
