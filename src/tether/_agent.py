@@ -154,9 +154,10 @@ class Agent:
         Any number of readers at once, from any task, loop or thread; leaving early never cancels the
         run. A live run is read from its buffer of the last ``event_buffer`` events: a reader whose
         ``after`` is older gets the text it missed as one catch-up ``RunContent`` (so the texts it
-        reads still join to the run's content). A run that has ended is replayed from its stored
-        events. Raises :class:`~tether.exceptions.RunNotFoundError` at the first read if this agent
-        has no such run, live in this process or stored.
+        reads still join to the run's content); with storage a run keeps every event (to store them).
+        A run that has ended is replayed from its stored events. Raises
+        :class:`~tether.exceptions.RunNotFoundError` at the first read if this agent has no such run,
+        live in this process or stored.
         """
         check_id("run id", run_id)
         if after is not None and (not isinstance(after, int) or isinstance(after, bool) or after < -1):
@@ -321,6 +322,7 @@ class Agent:
             timeout=timeout,
             user_id=options.user_id,
             event_buffer=self.event_buffer,
+            keep_events=self.storage is not None,
         )
         spec = RunSpec(
             model=self.model,

@@ -1,6 +1,7 @@
 """EventLog and EventRecord (property-based): whatever the events and their seconds, a reader after any
 index gets exactly the events after it (older than the buffer: one catch-up text first), and a run's
-record holds every event it logged (whatever the buffer's capacity), then its terminal event."""
+record holds every event it logged (with ``keep_all``, whatever the buffer's capacity; else the texts
+and the other events the buffer still holds), then its terminal event."""
 
 from __future__ import annotations
 
@@ -47,12 +48,12 @@ def shape(events: list[BaseRunEvent]) -> list[tuple[int, str, str | None, int]]:
 
 
 @settings(max_examples=300, deadline=None, database=None)
-@given(steps=STEPS, capacity=st.sampled_from([1, 3, 1000]))
+@given(steps=STEPS, capacity=st.sampled_from([1, 3, 1000]), keep_all=st.booleans())
 def test_a_reader_after_any_index_gets_exactly_the_rest(
-    steps: list[tuple[int, str] | None], capacity: int
+    steps: list[tuple[int, str] | None], capacity: int, keep_all: bool
 ) -> None:
     events = events_of(steps)
-    log = EventLog(capacity)
+    log = EventLog(capacity, keep_all=keep_all)
     for event in events:
         log.add(event)
         log.add(event)  # logged already: ignored
@@ -81,8 +82,15 @@ def test_a_reader_after_any_index_gets_exactly_the_rest(
     contents = [e for e in events if type(e) is RunContentEvent]
     assert shape([e for e in record if type(e) is RunContentEvent]) == shape(contents)
     others = [e for e in record[:-1] if type(e) is not RunContentEvent]
-    assert others == [e for e in events if type(e) is not RunContentEvent], "however small the buffer"
-    assert len(record) == len(events) + 1 and record == [*events, terminal]
+    if keep_all:  # a run to store: every event, however small the buffer
+        assert others == [e for e in events if type(e) is not RunContentEvent]
+        assert len(record) == len(events) + 1 and record == [*events, terminal]
+    else:  # the old ones may be let go: the log stays bounded but for its texts
+        assert all(e in events for e in others)
+        recent = [e for e in events if type(e) is not RunContentEvent and e.event_index >= first]
+        assert others[len(others) - len(recent) :] == recent, "every other event the buffer still holds"
+        assert len(others) <= max(capacity, len(recent)) + 1
+        assert record == [*sorted([*contents, *others], key=lambda e: e.event_index), terminal]
     texts = [text for _, _, run in record.runs() for text in run]
     assert texts == [e.content for e in events if type(e) is RunContentEvent]
 

@@ -51,6 +51,7 @@ class RunHandle:
         timeout: float | None = None,
         user_id: str | None = None,
         event_buffer: int = DEFAULT_CAPACITY,
+        keep_events: bool = False,
     ) -> None:
         self.run_id = run_id
         self.agent_id = agent_id
@@ -64,7 +65,8 @@ class RunHandle:
         self.snapshot: Callable[[], RunOutput] | None = None  # the live output, once the run started
         self.children: list[RunHandle] = []
         self.task: asyncio.Task[None] | None = None
-        self.log = EventLog(event_buffer)  # what other readers than the run's consumer read
+        # What other readers than the run's consumer read; every event when the run will be stored.
+        self.log = EventLog(event_buffer, keep_all=keep_events)
 
     # -- the lifecycle, read ---------------------------------------------------------------------
 

@@ -9,9 +9,11 @@ run) logs each event as it is put.
 
 Kept compactly, since every live run has a log: the ``RunContent`` events as :class:`TextRuns` (a
 list slot per chunk beside its text, which the run keeps for its answer anyway), other events as they
-are, all of them whatever ``capacity`` is (a run's record, :meth:`EventLog.record`, is every event its
-consumer received). Readers get ``RunContent`` events rebuilt from that. Events older than the last
-``capacity`` are not served one by one: a reader that asks for them gets one catch-up ``RunContent``
+are. A run that will be stored (``keep_all``) keeps every event, since its record
+(:meth:`EventLog.record`) is every event its consumer received; any other run lets the other events
+older than the last ``capacity`` go, so its log stays bounded but for its texts. Readers get
+``RunContent`` events rebuilt from that. Events older than the last ``capacity`` are not served one
+by one: a reader that asks for them gets one catch-up ``RunContent``
 holding all the text it missed, so the text it reads still adds up to the run's content.
 
 Everything here runs on the run's event loop; a reader on another loop hops there (``_reader``).
@@ -41,17 +43,19 @@ class EventLog:
         "_waiters",
         "capacity",
         "ended",
+        "keep_all",
         "next",
     )
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, *, keep_all: bool = False) -> None:
         self.capacity = capacity
+        self.keep_all = keep_all  # every event, for the run's record (a run with storage)
         self.next = 0  # the index the next logged event has
         self.ended = False  # the terminal event is logged
         self._texts = TextRuns()  # the RunContent events
         self._in_run = False  # the last event logged was a RunContent ...
         self._second = 0  # ... of this second: the next one of the same second continues its run
-        self._others: list[BaseRunEvent] = []  # the other events, in order (all: the record needs them)
+        self._others: list[BaseRunEvent] = []  # the other events, in order (old ones let go unless keep_all)
         self._first: BaseRunEvent | None = None  # the first event: its fields are every event's
         self._waiters: list[asyncio.Future[None]] | None = None
 
@@ -79,6 +83,9 @@ class EventLog:
                 self._first = event
             self._others.append(event)
             self.ended = event.is_terminal
+            if len(self._others) > self.capacity and not self.keep_all:  # some are older than ``first``
+                first = self.first
+                self._others = [other for other in self._others if other.event_index >= first]
         if self._waiters:
             waiters, self._waiters = self._waiters, None
             for waiter in waiters:
@@ -112,8 +119,8 @@ class EventLog:
 
     def record(self, terminal: BaseRunEvent) -> EventRecord:
         """Every event so far, then ``terminal`` (not logged yet), for ``RunOutput.events`` and storage:
-        each text as its own RunContent, every other event. Called once the run's end is
-        decided, when no more text is logged."""
+        each text as its own RunContent, every other event (the ones still kept unless ``keep_all``).
+        Called once the run's end is decided, when no more text is logged."""
         others = [event for event in self._others if event.event_index < terminal.event_index]
         return EventRecord(self._texts, [*others, terminal], self._shared(terminal))
 
