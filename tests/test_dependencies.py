@@ -13,7 +13,12 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_EXTRAS = ("postgres", "server", "client", "redis")
 # Import name -> distribution, where they differ.
-DISTRIBUTIONS = {"pydantic_core": "pydantic-core", "multipart": "python-multipart", "httpx_sse": "httpx-sse"}
+DISTRIBUTIONS = {
+    "pydantic_core": "pydantic-core",
+    "multipart": "python-multipart",
+    "python_multipart": "python-multipart",
+    "httpx_sse": "httpx-sse",
+}
 
 
 def declared() -> dict[str, Version]:
