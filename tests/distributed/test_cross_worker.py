@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -35,6 +36,19 @@ def settings(project: Path, redis_url: str, prefix: str) -> tuple[list[str], dic
     return args, {"TETHER_REDIS_PREFIX": prefix}
 
 
+@contextlib.contextmanager
+def two_workers(project: Path, redis_url: str, prefix: str) -> Iterator[tuple[httpx.Client, httpx.Client]]:
+    """Two ``tether serve`` processes sharing Redis, and a client for each."""
+    args, env = settings(project, redis_url, prefix)
+    with (
+        serving(*args, cwd=project, env=env) as first,
+        serving(*args, cwd=project, env=env) as second,
+        httpx.Client(base_url=first.url, timeout=30) as a,
+        httpx.Client(base_url=second.url, timeout=30) as b,
+    ):
+        yield a, b
+
+
 def stream_until_content(client: httpx.Client, run_id: str) -> tuple[httpx.Response, Iterator, list[str]]:  # type: ignore[type-arg]
     request = client.build_request("POST", "/agents/slow/runs", data={"message": "go", "run_id": run_id})
     response = client.send(request, stream=True)
@@ -62,13 +76,7 @@ def finish(response: httpx.Response, frames: Iterator, deltas: list[str]) -> dic
 def test_a_run_streamed_by_one_server_is_cancelled_through_another(
     project: Path, redis_url: str, prefix: str
 ) -> None:
-    args, env = settings(project, redis_url, prefix)
-    with (
-        serving(*args, cwd=project, env=env) as first,
-        serving(*args, cwd=project, env=env) as second,
-        httpx.Client(base_url=first.url, timeout=30) as a,
-        httpx.Client(base_url=second.url, timeout=30) as b,
-    ):
+    with two_workers(project, redis_url, prefix) as (a, b):
         response, frames, deltas = stream_until_content(a, "cross-1")
         started = time.perf_counter()
         answer = b.post("/agents/slow/runs/cross-1/cancel", json={"reason": "stopped elsewhere"})
@@ -101,13 +109,7 @@ def test_a_run_streamed_by_one_server_is_cancelled_through_another(
 def test_a_cancel_sent_to_one_worker_before_the_run_starts_on_another_stops_it_at_its_start(
     project: Path, redis_url: str, prefix: str
 ) -> None:
-    args, env = settings(project, redis_url, prefix)
-    with (
-        serving(*args, cwd=project, env=env) as first,
-        serving(*args, cwd=project, env=env) as second,
-        httpx.Client(base_url=first.url, timeout=30) as a,
-        httpx.Client(base_url=second.url, timeout=30) as b,
-    ):
+    with two_workers(project, redis_url, prefix) as (a, b):
         early = b.post("/agents/slow/runs/overtaken-1/cancel", json={"reason": "overtook the start"})
         assert (early.status_code, early.json()["detail"]) == (404, "Run not found")
         with a.stream(
