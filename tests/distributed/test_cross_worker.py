@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -37,8 +38,10 @@ def settings(project: Path, redis_url: str, prefix: str) -> tuple[list[str], dic
 
 
 @contextlib.contextmanager
-def two_workers(project: Path, redis_url: str, prefix: str) -> Iterator[tuple[httpx.Client, httpx.Client]]:
-    """Two ``tether serve`` processes sharing Redis, and a client for each."""
+def two_workers(
+    project: Path, redis_url: str, prefix: str
+) -> Iterator[tuple[Any, Any, httpx.Client, httpx.Client]]:
+    """Two ``tether serve`` processes sharing Redis, and a client for each: (first, second, a, b)."""
     args, env = settings(project, redis_url, prefix)
     with (
         serving(*args, cwd=project, env=env) as first,
@@ -46,7 +49,7 @@ def two_workers(project: Path, redis_url: str, prefix: str) -> Iterator[tuple[ht
         httpx.Client(base_url=first.url, timeout=30) as a,
         httpx.Client(base_url=second.url, timeout=30) as b,
     ):
-        yield a, b
+        yield first, second, a, b
 
 
 def stream_until_content(client: httpx.Client, run_id: str) -> tuple[httpx.Response, Iterator, list[str]]:  # type: ignore[type-arg]
@@ -76,7 +79,7 @@ def finish(response: httpx.Response, frames: Iterator, deltas: list[str]) -> dic
 def test_a_run_streamed_by_one_server_is_cancelled_through_another(
     project: Path, redis_url: str, prefix: str
 ) -> None:
-    with two_workers(project, redis_url, prefix) as (a, b):
+    with two_workers(project, redis_url, prefix) as (_, _, a, b):
         response, frames, deltas = stream_until_content(a, "cross-1")
         started = time.perf_counter()
         answer = b.post("/agents/slow/runs/cross-1/cancel", json={"reason": "stopped elsewhere"})
@@ -109,7 +112,7 @@ def test_a_run_streamed_by_one_server_is_cancelled_through_another(
 def test_a_cancel_sent_to_one_worker_before_the_run_starts_on_another_stops_it_at_its_start(
     project: Path, redis_url: str, prefix: str
 ) -> None:
-    with two_workers(project, redis_url, prefix) as (a, b):
+    with two_workers(project, redis_url, prefix) as (_, _, a, b):
         early = b.post("/agents/slow/runs/overtaken-1/cancel", json={"reason": "overtook the start"})
         assert (early.status_code, early.json()["detail"]) == (404, "Run not found")
         with a.stream(
@@ -176,13 +179,7 @@ def test_redis_down_runs_work_and_a_remote_cancel_fails_fast(project: Path, pref
 def test_a_cancel_for_a_run_whose_worker_was_killed_answers_that_it_ended_in_error(
     project: Path, redis_url: str, prefix: str
 ) -> None:
-    args, env = settings(project, redis_url, prefix)
-    with (
-        serving(*args, cwd=project, env=env) as doomed,
-        serving(*args, cwd=project, env=env) as survivor,
-        httpx.Client(base_url=doomed.url, timeout=30) as a,
-        httpx.Client(base_url=survivor.url, timeout=30) as b,
-    ):
+    with two_workers(project, redis_url, prefix) as (doomed, _, a, b):
         response, _frames, _deltas = stream_until_content(a, "orphan-1")
         os.killpg(doomed.proc.pid, signal.SIGKILL)
         doomed.proc.wait(10)
